@@ -1,0 +1,103 @@
+"""Atomic checkpoints with keep-last-k and exact resume.
+
+Layout of ``RUN_DIR/checkpoints/``::
+
+    step-00001200/            one folder per checkpoint, written as .tmp-step-... then renamed
+        state.pt              model, key encoder, optimizer, queue, counters, config (rank 0)
+        rng-rank0.pt ...      each rank's RNG states
+        deepspeed/            the engine's own (sharded) checkpoint, DeepSpeed runs only
+    latest                    text file naming the newest complete folder, replaced atomically
+
+A crash mid-save leaves only a ``.tmp-*`` folder behind; ``latest`` still names the last good
+checkpoint. Everything loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+LATEST = "latest"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
+    random.setstate((3, tuple(int(x) for x in state["python"].tolist()), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def staging_dir(root: Path, step: int) -> Path:
+    """A fresh temporary folder for checkpoint ``step`` (call on rank 0, then barrier)."""
+    tmp = root / f".tmp-{checkpoint_name(step)}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def save_file(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".partial")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def publish(root: Path, step: int, keep_last: int) -> Path:
+    """Rename the staged folder into place, point ``latest`` at it, prune old ones (rank 0)."""
+    final = root / checkpoint_name(step)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(root / f".tmp-{checkpoint_name(step)}", final)
+    pointer = root / f".{LATEST}.partial"
+    pointer.write_text(final.name + "\n")
+    os.replace(pointer, root / LATEST)
+    complete = sorted(p for p in root.glob("step-*") if p.is_dir())
+    for old in complete[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_resume(root: Path, resume: Optional[str]) -> Optional[Path]:
+    """``auto``: the folder ``latest`` names (None on a fresh run); else an explicit path."""
+    if resume is None:
+        return None
+    if resume != "auto":
+        path = Path(resume)
+        if not (path / "state.pt").exists():
+            raise FileNotFoundError(f"checkpoint.resume: {path} holds no state.pt; pass a "
+                                    f"checkpoint folder such as {root / checkpoint_name(1000)}")
+        return path
+    pointer = root / LATEST
+    if not pointer.exists():
+        return None
+    path = root / pointer.read_text().strip()
+    if not (path / "state.pt").exists():
+        raise FileNotFoundError(f"{pointer} names {path}, which holds no state.pt; "
+                                "delete the pointer or set checkpoint.resume to a good folder")
+    return path
+
+
+def load_file(path: Path) -> Any:
+    return torch.load(path, map_location="cpu", weights_only=True)

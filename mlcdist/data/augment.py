@@ -1,0 +1,120 @@
+"""CPU views: the paper's two-view image augmentation, vector masking and eval transforms.
+
+Images follow MoCo v2 / MulSupCon: random resized crop (scale ``crop_scale``), colour jitter
+(p=``jitter_p``), random grayscale (p=``grayscale_p``), horizontal flip (p=``flip_p``), then
+ImageNet normalisation. Transforms run on PIL images (measured faster on CPU than the uint8
+tensor kernels, see ``bench/loader.py``). Vectors get independent random masks that zero
+``round(mask_ratio * D)`` entries per view.
+
+Randomness is a pure function of ``(seed, epoch, sample index, salt)`` (``sample_seeds``), so a
+resumed run or a different worker count sees identical views of the same sample.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.transforms import v2
+
+from mlcdist.config import AugmentConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+_STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+
+
+def pretrain_image_transform(cfg: AugmentConfig) -> Callable:
+    """MoCo v2 order: crop, jitter (p), grayscale (p), flip (p) -> uint8 ``3 x S x S`` tensor
+    (``normalize_batch`` finishes the batch in one vectorised op)."""
+    return v2.Compose([
+        v2.RandomResizedCrop(cfg.image_size, scale=cfg.crop_scale, antialias=True),
+        v2.RandomApply([v2.ColorJitter(*cfg.jitter)], p=cfg.jitter_p),
+        v2.RandomGrayscale(cfg.grayscale_p),
+        v2.RandomHorizontalFlip(cfg.flip_p),
+        v2.PILToTensor(),
+    ])
+
+
+def eval_image_transform(cfg: AugmentConfig) -> Callable:
+    """Resize the shorter side to ``image_size``, centre crop ``image_size`` -> uint8 tensor."""
+    return v2.Compose([v2.Resize(cfg.image_size, antialias=True), v2.CenterCrop(cfg.image_size), v2.PILToTensor()])
+
+
+def normalize_batch(images: Tensor) -> Tensor:
+    """uint8 ``B x 3 x H x W`` -> float32 ``(x/255 - mean) / std`` with the ImageNet statistics."""
+    return (images.float() - _MEAN) / _STD
+
+
+def draft_side(cfg: AugmentConfig, pretrain: bool) -> int:
+    """Smallest shorter side worth decoding: a crop of area fraction ``s`` has side ``sqrt(s)``
+    of the image, so ``image_size / sqrt(min scale)`` keeps even the smallest crop at full detail."""
+    return cfg.image_size if not pretrain else math.ceil(cfg.image_size / math.sqrt(cfg.crop_scale[0]))
+
+
+def decode_image(data: bytes, min_side: int) -> Image.Image:
+    """JPEG/PNG bytes -> RGB PIL image; JPEGs are DCT-downscaled (``draft``) by powers of two
+    while both sides stay >= ``min_side``. Raises ``OSError``/``ValueError`` on corrupt data."""
+    image = Image.open(io.BytesIO(data))
+    if image.format == "JPEG":
+        image.draft("RGB", (min_side, min_side))
+    return image.convert("RGB")  # forces the full decode, so truncation raises here
+
+
+# --- counter-based randomness (vectorised splitmix64 on int64; overflow wraps) --------------------
+
+def _signed(c: int) -> int:
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+_GOLDEN, _M1, _M2 = _signed(0x9E3779B97F4A7C15), _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
+
+
+def _shr(z: Tensor, s: int) -> Tensor:
+    return (z >> s) & ((1 << (64 - s)) - 1)  # logical shift on int64
+
+
+def splitmix64(x: Tensor) -> Tensor:
+    """Steele et al.'s splitmix64 finaliser applied elementwise (int64 in, int64 out)."""
+    z = x + _GOLDEN
+    z = (z ^ _shr(z, 30)) * _M1
+    z = (z ^ _shr(z, 27)) * _M2
+    return z ^ _shr(z, 31)
+
+
+def sample_seeds(seed: int, epoch: int, index: Tensor, salt: Tensor | int = 0) -> Tensor:
+    """``h(h(h(seed) ^ epoch) ^ index) ^ salt`` hashed once more, as non-negative int64 seeds."""
+    base = splitmix64(splitmix64(torch.tensor([seed], dtype=torch.int64)) ^ epoch)
+    z = splitmix64(splitmix64(base ^ index.to(torch.int64)) ^ torch.as_tensor(salt, dtype=torch.int64))
+    return z & ((1 << 63) - 1)
+
+
+def random_keep_mask(seeds: Tensor, dim: int, ratio: float) -> Tensor:
+    """``B x D`` bool, False at exactly ``m = round(ratio * D)`` entries per row: the ``m``
+    smallest of ``splitmix64(seed_b + (j+1) * golden)`` over ``j`` (a seeded random subset)."""
+    keys = seeds[:, None] + torch.arange(1, dim + 1, dtype=torch.int64)[None, :] * _GOLDEN
+    drop = splitmix64(keys).argsort(dim=1)[:, : round(ratio * dim)]
+    return torch.ones(seeds.shape[0], dim, dtype=torch.bool).scatter_(1, drop, False)
+
+
+def vector_views(x: Tensor, seeds: Tensor, ratio: float, views: int = 2) -> tuple[Tensor, ...]:
+    """``views`` copies of ``x`` (B x D), each with its own random mask zeroing ``ratio`` of entries."""
+    return tuple(x * random_keep_mask(splitmix64(seeds + v), x.shape[1], ratio) for v in range(views))
+
+
+def image_views(images: Sequence[Image.Image], seeds: Tensor, transform: Callable, views: int = 2) -> tuple[Tensor, ...]:
+    """Apply ``transform`` ``views`` times per image with the global torch RNG seeded per sample
+    (torchvision v2 draws from it), then normalise; the caller's RNG state is restored afterwards."""
+    out: list[list[Tensor]] = [[] for _ in range(views)]
+    with torch.random.fork_rng(devices=[]):
+        for image, seed in zip(images, seeds.tolist()):
+            torch.manual_seed(seed)
+            for v in range(views):
+                out[v].append(transform(image))
+    return tuple(normalize_batch(torch.stack(o)) for o in out)

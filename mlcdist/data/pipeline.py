@@ -1,0 +1,326 @@
+"""Read side: shards -> batches, with the fixed per-rank batch counts of ``plan.py``.
+
+Usage::
+
+    loader = make_loader(cfg.data.train, cfg.data, cfg.augment, mode="pretrain", rank=r, world_size=R)
+    for epoch in range(first, last):
+        loader.set_epoch(epoch, skip_batches=k if resuming else 0)
+        for batch in loader: ...   # exactly len(loader) - k batches on every rank
+
+Batches (built inside the workers; ``B`` = ``data.batch_size``, ``C`` classes)::
+
+    pretrain: {"views": (B x ..., B x ...), "labels": B x C float32, "index": B int64}
+    eval:     {"input": B x ..., "labels": B x C, "index": B, "valid": B bool}
+
+Worker ``w`` reads one contiguous slice of its rank's share (see ``plan.py``), so with several
+workers the eval padding sits at the end of the last worker's batches, not necessarily in the
+rank's final batch: always mask with ``valid``. The order depends on ``num_workers``: an exact
+resume needs the same ``world_size``, ``batch_size`` and ``num_workers``.
+
+``index`` is the sample's global position in ``dataset.json`` order (shard offset + position in
+the shard; equal to ``int(KEY)`` for converter-written shards); padding has index -1.
+
+Corrupt or missing samples never change the batch count: in pretrain mode the hole is refilled
+with another sample of the same batch (cycling over its good samples, with fresh views via a
+salt); in eval mode the entry is masked (``valid=False``). A batch whose samples are all
+unreadable raises (the shard is broken: re-run the converter). ``Loader.skipped`` counts them.
+
+The loader is already split by rank and worker and batched: do NOT pass it to
+``accelerate.prepare`` (accelerate would re-shard it and break the equal batch counts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.shardlists import expand_urls
+from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
+
+from mlcdist.config import AugmentConfig, DataConfig
+from mlcdist.data import augment as aug
+from mlcdist.data.info import DatasetInfo, join_url, load_dataset_info
+from mlcdist.data.plan import PlanMode, batches_per_rank, mix_seed, plan_worker
+
+log = logging.getLogger("mlcdist.data")
+Mode = Literal["pretrain", "eval"]
+_MAX_WARNINGS = 10  # per worker and epoch; the total is in Loader.skipped
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """The shards to read: URLs, sample counts and global index of each shard's first sample."""
+
+    urls: tuple[str, ...]
+    sizes: tuple[int, ...]
+    offsets: tuple[int, ...]
+
+
+def resolve(location: str) -> tuple[DatasetInfo, ShardSet]:
+    """A shard folder / ``dataset.json`` / shard URL or brace pattern -> (info, shards to read)."""
+    location = str(location)
+    info = None
+    if location.endswith(".tar") or "{" in location:
+        root = location.rsplit("/", 1)[0] if "/" in location else ""
+        info = load_dataset_info(root or ".")
+        wanted = [u[len(root) + 1:] if root else u for u in expand_urls(location)]
+    else:
+        info = load_dataset_info(location)
+        wanted = [s.file for s in info.shards]
+    starts = np.cumsum([0] + [s.num_samples for s in info.shards]).tolist()
+    by_file = {s.file: i for i, s in enumerate(info.shards)}
+    missing = [f for f in wanted if f not in by_file]
+    if missing:
+        raise ValueError(f"{location}: {missing[0]} is not listed in {join_url(info.root, 'dataset.json')}; "
+                         "pick shards named there")
+    picked = [by_file[f] for f in wanted]
+    shards = ShardSet(tuple(join_url(info.root, info.shards[i].file) for i in picked),
+                      tuple(info.shards[i].num_samples for i in picked), tuple(starts[i] for i in picked))
+    subset = [info.shards[i] for i in picked]
+    return dataclasses.replace(info, shards=subset, num_samples=sum(shards.sizes)), shards
+
+
+def read_shard(url: str, start: int, stop: int) -> Iterator[tuple[int, Optional[dict]]]:
+    """Yield exactly ``(pos, raw sample)`` for ``pos`` in ``[start, stop)`` of one tar shard, raw
+    bytes undecoded; positions the shard cannot deliver (unreadable, too short) come as ``None``."""
+    pos = 0
+    try:
+        for sample in group_by_keys(tar_file_expander(url_opener([{"url": url}]))):
+            if pos >= stop:
+                break
+            if pos >= start:
+                yield pos, sample
+            pos += 1
+        if pos < stop:
+            log.warning("%s: has %d samples, dataset.json promises at least %d; re-run the converter",
+                        url, pos, stop)
+    except Exception as err:  # a broken shard must not hang the other ranks: its rest becomes holes
+        log.warning("%s: unreadable after sample %d (%s); its remaining samples are skipped", url, pos, err)
+    for missing in range(max(pos, start), stop):
+        yield missing, None
+
+
+def buffer_shuffle(items: Iterator, size: int, rng: np.random.Generator) -> Iterator:
+    """Reservoir-style shuffle: keep ``size`` items, emit a random one per arriving item, drain."""
+    if size <= 1:
+        yield from items
+        return
+    buffer: list = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        k = int(rng.integers(size))
+        buffer[k], item = item, buffer[k]
+        yield item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def chunks(items: Iterator, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:  # cannot happen with a correct plan; fail loudly rather than emit a short batch
+        raise RuntimeError(f"internal: {len(batch)} samples left over, plan promised full batches")
+
+
+def multi_hot(label_lists: list[list[int]], num_classes: int) -> torch.Tensor:
+    """``B x C`` float32 with ``y[b, j] = 1`` for every ``j`` in ``label_lists[b]``."""
+    lengths = torch.tensor([len(x) for x in label_lists], dtype=torch.int64)
+    rows = torch.repeat_interleave(torch.arange(len(label_lists)), lengths)
+    cols = torch.tensor([j for x in label_lists for j in x], dtype=torch.int64)
+    out = torch.zeros(len(label_lists), num_classes)
+    out[rows, cols] = 1.0
+    return out
+
+
+class ShardStream(IterableDataset):
+    """One rank's batches; each DataLoader worker builds its share from ``plan_worker``."""
+
+    def __init__(self, info: DatasetInfo, shards: ShardSet, data: DataConfig, augment: AugmentConfig,
+                 mode: Mode, rank: int, world_size: int):
+        if info.modality not in ("image", "vector"):
+            raise ValueError(f"{info.root}/dataset.json: modality {info.modality!r} must be 'image' or 'vector'")
+        if info.modality == "vector" and not info.feature_dim:
+            raise ValueError(f"{info.root}/dataset.json: vector data needs feature_dim")
+        self.info, self.shards, self.data, self.augment = info, shards, data, augment
+        self.mode, self.rank, self.world_size = mode, rank, world_size
+        self.plan_mode: PlanMode = "eval" if mode == "eval" else ("resampled" if data.resampled else "train")
+        self.workers = max(1, data.num_workers)
+        self.epoch, self.skip_batches = 0, 0
+        self.transform = (aug.pretrain_image_transform if mode == "pretrain" else aug.eval_image_transform)(augment)
+        self.batches = batches_per_rank(sum(shards.sizes), world_size, data.batch_size, self.plan_mode)
+        if self.batches == 0:
+            raise ValueError(f"{info.root}: {sum(shards.sizes)} samples give no full batch of "
+                             f"{data.batch_size} x {world_size} ranks; lower data.batch_size")
+
+    # -- raw stream --------------------------------------------------------------------------
+
+    def _raw(self, plan, worker: int) -> Iterator[tuple[int, Optional[dict]]]:
+        """``(global index, raw sample or None)`` for every planned entry; padding is ``(-1, None)``."""
+        if self.plan_mode == "resampled":
+            rng = np.random.default_rng(mix_seed(self.data.seed, self.epoch, self.rank, worker, 0xE5A))
+            sizes = np.asarray(self.shards.sizes, dtype=np.float64)
+            need = plan.batches * self.data.batch_size
+            while need > 0:
+                k = int(rng.choice(len(sizes), p=sizes / sizes.sum()))
+                for pos, sample in read_shard(self.shards.urls[k], 0, min(need, self.shards.sizes[k])):
+                    yield self.shards.offsets[k] + pos, sample
+                need -= min(need, self.shards.sizes[k])
+            return
+        for seg in plan.segments:
+            for pos, sample in read_shard(self.shards.urls[seg.shard], seg.start, seg.stop):
+                yield self.shards.offsets[seg.shard] + pos, sample
+        for _ in range(plan.padding):
+            yield -1, None
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        if workers != self.workers:
+            raise RuntimeError(f"planned for {self.workers} workers, DataLoader runs {workers}")
+        plan = plan_worker(self.shards.sizes, mode=self.plan_mode, seed=self.data.seed, epoch=self.epoch,
+                           rank=self.rank, world_size=self.world_size, batch_size=self.data.batch_size,
+                           num_workers=workers, worker=worker, skip_batches=self.skip_batches)
+        raw = self._raw(plan, worker)
+        if self.plan_mode != "eval":
+            rng = np.random.default_rng(mix_seed(self.data.seed, self.epoch, self.rank, worker, 0x5B))
+            raw = buffer_shuffle(raw, self.data.shuffle_buffer, rng)
+        self._warned = 0
+        for j, chunk in enumerate(chunks(raw, self.data.batch_size)):
+            if j >= plan.skip:  # skipped batches cost reading + shuffling, never decoding
+                yield self._batch(chunk)
+
+    # -- decode + views --------------------------------------------------------------------------
+
+    def _decode(self, index: int, sample: Optional[dict]) -> Optional[tuple[Any, list[int]]]:
+        """(image or vector, labels) or None (counted, warned) when the sample is unusable."""
+        if sample is None:
+            return None
+        try:
+            labels = json.loads(sample["labels.json"])
+            if not isinstance(labels, list) or any(
+                    not isinstance(j, int) or not 0 <= j < self.info.num_classes for j in labels):
+                raise ValueError(f"labels {labels} are not class indices in 0..{self.info.num_classes - 1}")
+            if self.info.modality == "image":
+                payload = aug.decode_image(sample["jpg"], aug.draft_side(self.augment, self.mode == "pretrain"))
+            else:
+                payload = np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
+                if payload.shape != (self.info.feature_dim,):
+                    raise ValueError(f"vector shape {payload.shape}, dataset.json says ({self.info.feature_dim},)")
+            return payload, labels
+        except Exception as err:  # corrupt sample: skipped and counted, never fatal
+            if self._warned < _MAX_WARNINGS:
+                log.warning("%s: sample %s (index %d) skipped: %s", sample.get("__url__"),
+                            sample.get("__key__"), index, err)
+            self._warned += 1
+            return None
+
+    def _views(self, payloads: list, index: torch.Tensor, salt: torch.Tensor, count: int) -> tuple:
+        seeds = aug.sample_seeds(self.data.seed, self.epoch, index, salt)
+        if self.info.modality == "image":
+            return aug.image_views(payloads, seeds, self.transform, count)
+        x = torch.from_numpy(np.stack(payloads).astype(np.float32, copy=False))
+        return aug.vector_views(x, seeds, self.augment.mask_ratio, count) if count == 2 else (x,)
+
+    def _batch(self, chunk: list[tuple[int, Optional[dict]]]) -> dict:
+        decoded = [self._decode(i, s) for i, s in chunk]
+        good = [k for k, d in enumerate(decoded) if d is not None]
+        skipped = sum(1 for (i, _), d in zip(chunk, decoded) if d is None and i >= 0)
+        if self.mode == "pretrain":
+            if not good:
+                raise RuntimeError(f"a whole batch of {len(chunk)} samples around index {chunk[0][0]} is "
+                                   "unreadable; check the shards (converter `verify`) and re-convert")
+            holes = [k for k, d in enumerate(decoded) if d is None]
+            # hole h is refilled by good sample h mod |good|, with salt 1 + h // |good| (fresh views)
+            source = good + [good[h % len(good)] for h in range(len(holes))]
+            salt = torch.tensor([0] * len(good) + [1 + h // len(good) for h in range(len(holes))])
+            index = torch.tensor([chunk[k][0] for k in source], dtype=torch.int64)
+            views = self._views([decoded[k][0] for k in source], index, salt, 2)
+            labels = multi_hot([decoded[k][1] for k in source], self.info.num_classes)
+            return {"views": views, "labels": labels, "index": index, "skipped": skipped}
+        valid = torch.tensor([d is not None for d in decoded])
+        index = torch.tensor([i for i, _ in chunk], dtype=torch.int64)
+        labels = torch.zeros(len(chunk), self.info.num_classes)
+        shape = (3, self.augment.image_size, self.augment.image_size) if self.info.modality == "image" \
+            else (self.info.feature_dim,)
+        inputs = torch.zeros(len(chunk), *shape)
+        if good:
+            pos = torch.tensor(good)
+            inputs[pos] = self._views([decoded[k][0] for k in good], index[pos], torch.zeros(len(good),
+                                      dtype=torch.int64), 1)[0]
+            labels[pos] = multi_hot([decoded[k][1] for k in good], self.info.num_classes)
+        return {"input": inputs, "labels": labels, "index": index, "valid": valid, "skipped": skipped}
+
+
+class Loader:
+    """Iterable of one rank's batches for one epoch; ``len()`` is the batch count per epoch.
+
+    ``set_epoch(e, skip_batches=k)`` picks the epoch (shard order, shuffles, views) and makes the
+    next iteration yield only batches ``k, k+1, ...`` of it. ``skipped`` counts corrupt/missing
+    samples seen so far (summed from the workers' batches).
+    """
+
+    def __init__(self, stream: ShardStream):
+        self.stream = stream
+        self.info = stream.info
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return self.stream.batches
+
+    @property
+    def epoch(self) -> int:
+        return self.stream.epoch
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        if not 0 <= skip_batches <= len(self):
+            raise ValueError(f"skip_batches={skip_batches} is outside 0..{len(self)} (batches per epoch)")
+        self.stream.epoch, self.stream.skip_batches = epoch, skip_batches
+
+    def __iter__(self) -> Iterator[dict]:
+        workers = self.stream.data.num_workers
+        loader = DataLoader(self.stream, batch_size=None, num_workers=workers,
+                            pin_memory=torch.cuda.is_available(), persistent_workers=False,
+                            prefetch_factor=2 if workers > 0 else None)
+        before = self.skipped
+        for batch in loader:
+            self.skipped += int(batch.pop("skipped"))
+            if "views" in batch:  # DataLoader's default_convert turns the tuple into a list
+                batch["views"] = tuple(batch["views"])
+            yield batch
+        self.stream.skip_batches = 0  # a resume offset applies to one pass only
+        if self.skipped > before:
+            log.warning("epoch %d, rank %d: %d corrupt or missing samples skipped (batch count unchanged)",
+                        self.epoch, self.stream.rank, self.skipped - before)
+
+
+def make_loader(location: str, data: DataConfig, augment: AugmentConfig, *, mode: Mode,
+                rank: Optional[int] = None, world_size: Optional[int] = None,
+                epoch: int = 0, skip_batches: int = 0) -> Loader:
+    """Batches of ``location`` for this rank (see module docstring). ``rank``/``world_size``
+    default to the initialised process group (else 0/1). Do not ``accelerate.prepare`` it."""
+    if mode not in ("pretrain", "eval"):
+        raise ValueError(f"mode {mode!r} must be 'pretrain' or 'eval'")
+    if rank is None or world_size is None:
+        dist = torch.distributed
+        ready = dist.is_available() and dist.is_initialized()
+        if rank is None:
+            rank = dist.get_rank() if ready else 0
+        if world_size is None:
+            world_size = dist.get_world_size() if ready else 1
+    info, shards = resolve(location)
+    loader = Loader(ShardStream(info, shards, data, augment, mode, rank, world_size))
+    loader.set_epoch(epoch, skip_batches)
+    return loader

@@ -1,0 +1,138 @@
+r"""Query/key encoders with a projection head (contrastive) and the BCE baseline classifier.
+
+Paper (MoCo framework): the query encoder :math:`f_q = g \circ h` (backbone :math:`h`,
+projection head :math:`g`) is trained; the key encoder :math:`f_k` is its momentum copy,
+:math:`\theta_k \leftarrow m\,\theta_k + (1-m)\,\theta_q` (see ``ema.py``). Both outputs are
+L2-normalised. After pretraining the head is dropped and ``backbone`` is probed/finetuned.
+
+Key-encoder batch norm. The key encoder stays in train mode, so its BN normalises with the
+statistics of the batch it sees and updates its OWN running buffers from its own forward
+passes (buffers are never copied from the query; the EMA touches parameters only). To stop
+the query and key seeing the same batch statistics (a shortcut the contrastive loss can
+exploit), the trainer applies MoCo's shuffle-BN around :meth:`ContrastiveModel.encode_keys`:
+it permutes the key batch across ranks, encodes, and un-permutes (``mlcdist/parallel.py``,
+``model.key_bn=shuffle``). On one process shuffle-BN degenerates (a permutation of the same
+batch has the same statistics), so a single process runs without that protection; nothing
+here changes between the two cases.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mlcdist.config import ModelConfig
+from mlcdist.models.backbones import build_backbone
+
+
+class ProjectionHead(nn.Module):
+    """g: Linear(in, h1) -> ReLU -> Linear(h1, h2) -> ... (no ReLU after the last layer).
+
+    Paper, ResNet-50: 2048 -> 1024 -> 256. Dropped after pretraining.
+    """
+
+    def __init__(self, in_dim: int, widths: list[int]):
+        super().__init__()
+        if not widths:
+            raise ValueError("model.head_dims: needs at least one width, e.g. [1024, 256]")
+        layers: list[nn.Module] = []
+        for i, width in enumerate(widths):
+            if i:
+                layers.append(nn.ReLU(inplace=True))
+            layers.append(nn.Linear(in_dim, width))
+            in_dim = width
+        self.layers = nn.Sequential(*layers)
+        self.out_dim = in_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+class Encoder(nn.Module):
+    """Backbone h + projection head g; ``forward`` returns ``normalize(g(h(x)))`` in float32.
+
+    ``backbone`` and ``head`` are separate attributes so the head can be dropped after
+    pretraining (``encoder.backbone`` is what evaluation keeps).
+    """
+
+    def __init__(self, backbone: nn.Module, width: int, head_dims: list[int]):
+        super().__init__()
+        self.backbone = backbone
+        self.head = ProjectionHead(width, list(head_dims))
+        self.feature_dim = width
+        self.embed_dim = self.head.out_dim
+
+    def features(self, x: Tensor) -> Tensor:
+        """Backbone features h(x), before the head (what a linear probe sees)."""
+        return self.backbone(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Normalise in float32: under bf16 autocast the norm of a 256-d vector loses digits
+        # that the temperature-scaled similarities then amplify.
+        return F.normalize(self.head(self.backbone(x)).float(), dim=1)
+
+
+class ContrastiveModel(nn.Module):
+    """``query`` (trainable) and ``key`` (its deep copy: no gradients, updated only by EMA).
+
+    ``forward(x)`` gives L2-normalised query embeddings; ``encode_keys(x)`` the key
+    embeddings under ``torch.no_grad()``. See the module docstring for key batch norm.
+    """
+
+    def __init__(self, query: Encoder):
+        super().__init__()
+        self.query = query
+        self.key = copy.deepcopy(query)
+        for p in self.key.parameters():
+            p.requires_grad_(False)
+        self.key.train()
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The query backbone: what remains of the model after pretraining."""
+        return self.query.backbone
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.query(x)
+
+    @torch.no_grad()
+    def encode_keys(self, x: Tensor) -> Tensor:
+        """Key embeddings ``normalize(f_k(x))``; shuffle-BN is the trainer's job around this."""
+        return self.key(x)
+
+
+class SupervisedModel(nn.Module):
+    """The paper's BCE baseline: backbone + Linear(feat, num_classes); returns logits."""
+
+    def __init__(self, backbone: nn.Module, width: int, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = nn.Linear(width, num_classes)
+        self.feature_dim = width
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.backbone(x))
+
+
+def build_model(cfg: ModelConfig, *, num_classes: int, in_dim: Optional[int] = None,
+                kind: Literal["contrastive", "supervised"] = "contrastive",
+                image_size: int = 224) -> nn.Module:
+    """``ContrastiveModel`` (MulSupCon / ALL / ANY pretraining) or ``SupervisedModel`` (BCE).
+
+    ``in_dim`` is the vector length for ``arch=mlp``; ``image_size`` matters for ViT only.
+    """
+    if kind not in ("contrastive", "supervised"):
+        raise ValueError(f"build_model: kind must be 'contrastive' or 'supervised', got {kind!r}")
+    backbone, width = build_backbone(cfg, in_dim=in_dim, image_size=image_size)
+    if kind == "supervised":
+        if num_classes <= 0:
+            raise ValueError(f"build_model: the BCE baseline needs num_classes > 0, got {num_classes}")
+        return SupervisedModel(backbone, width, num_classes)
+    return ContrastiveModel(Encoder(backbone, width, list(cfg.head_dims)))

@@ -1,0 +1,61 @@
+"""Run folder bookkeeping: resolved recipe, jsonl metrics, a rich progress bar (main process)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from mlcdist.config import save_recipe
+
+console = Console(stderr=True)
+
+
+class RunLog:
+    """Writes ``config.yaml`` and appends ``metrics.jsonl``; silent on non-main ranks."""
+
+    def __init__(self, run_dir: Path, cfg: Any, *, main: bool, total_steps: int, progress: bool,
+                 start_step: int = 0):
+        self.run_dir = run_dir
+        self.main = main
+        self._bar: Optional[Progress] = None
+        if not main:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_recipe(cfg, run_dir / "config.yaml")
+        self._metrics = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        if progress:
+            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
+                                 console=console, transient=False)
+            self._task = self._bar.add_task("pretrain", total=total_steps, completed=start_step, status="")
+            self._bar.start()
+
+    def advance(self, step: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.main:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        self._metrics.write(json.dumps(record) + "\n")
+        if self._bar is not None:
+            status = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in record.items() if k in ("epoch", "loss", "lr", "samples_per_s"))
+            self._bar.update(self._task, status=status)
+
+    def message(self, text: str) -> None:
+        if self.main:
+            console.print(text)
+
+    def close(self) -> None:
+        if not self.main:
+            return
+        if self._bar is not None:
+            self._bar.stop()
+        self._metrics.close()

@@ -1,0 +1,285 @@
+"""Pretrain an encoder with MulSupCon (or a variant, or the BCE baseline).
+
+    python -m mlcdist.train RECIPE [dotted.key=value ...]
+    accelerate launch --config_file recipes/accelerate/ddp.yaml -m mlcdist.train RECIPE [...]
+
+The backend (DDP, FSDP2, DeepSpeed ZeRO-1/2/3) comes from the Accelerate config; see
+``mlcdist/parallel.py``. The run folder (``logging.run_dir``) receives ``config.yaml`` (the
+resolved recipe), ``metrics.jsonl`` and ``checkpoints/``; an interrupted run resumes from the
+newest checkpoint when started again with the same recipe (``checkpoint.resume: auto``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from mlcdist import checkpoint as ckpt
+from mlcdist.config import ConfigError, RecipeConfig, dump_yaml, load_recipe
+from mlcdist.data.info import DatasetInfo, load_dataset_info
+from mlcdist.models import build_model
+from mlcdist.models.ema import ema_update_
+from mlcdist.optim import build_optimizer, set_lr
+from mlcdist.parallel import (
+    Strategy,
+    backward_and_step,
+    detect_strategy,
+    ema_views,
+    full_optimizer_state,
+    full_state_dict,
+    load_full_state_dict,
+    load_optimizer_state,
+    make_accelerator,
+    wrap,
+)
+from mlcdist.queue import LabelledKeyQueue
+from mlcdist.runlog import RunLog
+from mlcdist.schedules import lr_at, momentum_at
+from mlcdist.step import contrastive_loss, supervised_loss
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class Trainer:
+    """Owns the model, key encoder, queue, optimizer and counters of one pretraining run."""
+
+    def __init__(self, cfg: RecipeConfig, *, info: Optional[DatasetInfo] = None, loader=None):
+        """``info`` and ``loader`` default to the recipe's train shards; tests inject their own."""
+        self.cfg = cfg
+        self.acc = make_accelerator(cfg.precision.mixed, cfg.optim.grad_accum)
+        self.strategy = detect_strategy(self.acc)
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.info = info or load_dataset_info(cfg.data.train)
+        self.contrastive = cfg.loss.kind != "bce"
+        model = build_model(cfg.model, num_classes=self.info.num_classes, in_dim=self.info.feature_dim,
+                            kind="contrastive" if self.contrastive else "supervised")
+        if loader is None:
+            from mlcdist.data.pipeline import make_loader
+
+            loader = make_loader(cfg.data.train, cfg.data, cfg.augment, mode="pretrain",
+                                 rank=self.rank, world_size=self.world)
+        self.loader = loader
+        self.steps_per_epoch = len(self.loader) // cfg.optim.grad_accum
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"data.train: {self.info.num_samples} samples give no full step of "
+                f"{cfg.data.batch_size} x {self.world} processes x {cfg.optim.grad_accum} accumulation; "
+                "lower data.batch_size")
+        self.total_steps = cfg.schedule.max_steps or cfg.schedule.epochs * self.steps_per_epoch
+        self.warmup_steps = int(cfg.schedule.warmup_epochs * self.steps_per_epoch)
+        query = model.query if self.contrastive else model
+        key = model.key if self.contrastive else torch.nn.Identity()
+        self.query, self.key, self.optimizer = wrap(
+            self.acc, self.strategy, query, key, lambda m: build_optimizer(cfg.optim, m),
+            cfg.data.batch_size, cfg.optim.grad_clip)
+        self.queue = LabelledKeyQueue(cfg.queue.size, cfg.model.head_dims[-1], self.info.num_classes,
+                                      device=self.acc.device)
+        self.step = 0  # optimizer steps taken
+        self.micro = 0  # micro-batches consumed in the current epoch
+        self.epoch = 0
+        self.run_dir = Path(cfg.logging.run_dir)
+        self.ckpt_root = self.run_dir / "checkpoints"
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def save(self) -> None:
+        model_state = full_state_dict(self.acc, self.strategy, self.query)
+        key_state = full_state_dict(self.acc, self.strategy, self.key) if self.contrastive else {}
+        optim_state = full_optimizer_state(self.strategy, self.query, self.optimizer)
+        if self.acc.is_main_process:
+            tmp = ckpt.staging_dir(self.ckpt_root, self.step)
+        self.acc.wait_for_everyone()
+        tmp = self.ckpt_root / f".tmp-{ckpt.checkpoint_name(self.step)}"
+        if self.strategy == Strategy.DEEPSPEED:
+            self.query.save_checkpoint(str(tmp / "deepspeed"), tag="engine")
+        ckpt.save_file(ckpt.rng_state(), tmp / f"rng-rank{self.rank}.pt")
+        if self.acc.is_main_process:
+            scaler = self.acc.scaler.state_dict() if self.acc.scaler is not None else {}
+            ckpt.save_file({
+                "model": model_state, "key": key_state, "optimizer": optim_state,
+                "queue": self.queue.state_dict(), "scaler": scaler,
+                "counters": {"step": self.step, "epoch": self.epoch, "micro": self.micro},
+                "world_size": self.world, "config": dump_yaml(self.cfg),
+                "num_classes": self.info.num_classes, "feature_dim": self.info.feature_dim,
+                "arch": self.cfg.model.arch, "loss": self.cfg.loss.kind,
+            }, tmp / "state.pt")
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            ckpt.publish(self.ckpt_root, self.step, self.cfg.checkpoint.keep_last)
+        self.acc.wait_for_everyone()
+
+    def resume(self, path: Path) -> None:
+        state = ckpt.load_file(path / "state.pt")
+        if state["world_size"] != self.world:
+            raise ValueError(f"{path}: saved with {state['world_size']} processes, resuming with "
+                             f"{self.world}; the data order would differ, so exact resume needs the same count")
+        load_full_state_dict(self.strategy, self.query, state["model"])
+        if self.contrastive:
+            load_full_state_dict(self.strategy, self.key, state["key"])
+        if self.strategy == Strategy.DEEPSPEED:
+            self.query.load_checkpoint(str(path / "deepspeed"), tag="engine")
+        else:
+            load_optimizer_state(self.strategy, self.query, self.optimizer, state["optimizer"])
+        self.queue.load_state_dict(state["queue"])
+        if self.acc.scaler is not None and state["scaler"]:
+            self.acc.scaler.load_state_dict(state["scaler"])
+        counters = state["counters"]
+        self.step, self.epoch, self.micro = counters["step"], counters["epoch"], counters["micro"]
+        rng_file = path / f"rng-rank{self.rank}.pt"
+        if rng_file.exists():
+            ckpt.set_rng_state(ckpt.load_file(rng_file))
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def train_step(self, batch: dict) -> torch.Tensor:
+        cfg = self.cfg
+        device = self.acc.device
+        views = tuple(v.to(device, non_blocking=True) for v in batch["views"])
+        if cfg.model.channels_last and views[0].dim() == 4:
+            views = tuple(v.contiguous(memory_format=torch.channels_last) for v in views)
+        labels = batch["labels"].to(device, non_blocking=True)
+        with self.acc.accumulate(self.query):
+            set_lr(self.optimizer, lr_at(self.step, self.total_steps, cfg.optim.lr, self.warmup_steps,
+                                         cfg.schedule.kind, cfg.schedule.min_lr))
+            with self.acc.autocast():
+                if self.contrastive:
+                    out = contrastive_loss(self.query, self.key, self.queue, views, labels, cfg.loss,
+                                           shuffle_seed=cfg.seed * 1_000_003 + self.step * 7919 + self.micro,
+                                           shuffle_bn=cfg.model.key_bn == "shuffle")
+                else:
+                    out = supervised_loss(self.query, views, labels)
+            backward_and_step(self.acc, self.strategy, self.query, self.optimizer, out.loss,
+                              cfg.optim.grad_clip)
+        if self.acc.sync_gradients:
+            if self.contrastive:
+                m = momentum_at(self.step, self.total_steps, cfg.model.momentum, cfg.model.momentum_schedule)
+                with ema_views(self.acc, self.strategy, self.query, self.key) as (k_params, q_params):
+                    ema_update_(k_params, q_params, m)
+            self.step += 1
+        return out.value
+
+    def fit(self, stop_at_step: Optional[int] = None) -> dict:
+        """Train to ``schedule`` end; ``stop_at_step`` simulates a preemption (checkpoint, stop)."""
+        cfg = self.cfg
+        last_step = min(self.total_steps, stop_at_step or self.total_steps)
+        resume_from = ckpt.find_resume(self.ckpt_root, cfg.checkpoint.resume)
+        if resume_from is not None:
+            self.resume(resume_from)
+        log = RunLog(self.run_dir, cfg, main=self.acc.is_main_process, total_steps=self.total_steps,
+                     progress=cfg.logging.progress, start_step=self.step)
+        if resume_from is not None:
+            log.message(f"resumed from {resume_from} at step {self.step} (epoch {self.epoch})")
+        log.message(f"[bold]mlcdist[/] {self.strategy.value} x{self.world}, {self.info.name}: "
+                    f"{self.info.num_samples} samples, {self.steps_per_epoch} steps/epoch, "
+                    f"{self.total_steps} steps, run folder {self.run_dir}")
+        bad = torch.zeros((), dtype=torch.bool, device=self.acc.device)
+        last_value = torch.zeros((), device=self.acc.device)
+        window_start, window_samples = time.perf_counter(), 0
+        global_batch = cfg.data.batch_size * self.world
+        try:
+            while self.step < last_step:
+                self.loader.set_epoch(self.epoch, skip_batches=self.micro)
+                for batch in self.loader:
+                    value = self.train_step(batch)
+                    self.micro += 1
+                    bad |= ~torch.isfinite(value)
+                    last_value = value
+                    window_samples += global_batch
+                    if not self.acc.sync_gradients:
+                        continue
+                    log.advance(self.step)
+                    if self.step % cfg.logging.every_steps == 0 or self.step == last_step:
+                        self._check_finite(bad, last_value)
+                        elapsed = time.perf_counter() - window_start
+                        log.log(self._record(last_value, window_samples / max(elapsed, 1e-9)))
+                        window_start, window_samples = time.perf_counter(), 0
+                    if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0:
+                        self._check_finite(bad, last_value)
+                        self.save()
+                    if self.step >= last_step:
+                        break
+                else:
+                    self.epoch += 1
+                    self.micro = 0
+                    if cfg.checkpoint.every_epochs and self.epoch % cfg.checkpoint.every_epochs == 0:
+                        self._check_finite(bad, last_value)
+                        self.save()
+                    continue
+                break
+            self._check_finite(bad, last_value)
+            if not (self.ckpt_root / ckpt.checkpoint_name(self.step)).exists():
+                self.save()
+        finally:
+            log.close()
+        return {"step": self.step, "epoch": self.epoch, "loss": float(last_value)}
+
+    def _check_finite(self, bad: torch.Tensor, value: torch.Tensor) -> None:
+        if bool(bad):
+            raise NonFiniteLoss(
+                f"non-finite loss ({float(value)}) before step {self.step}; stopping. The last good "
+                f"checkpoint in {self.ckpt_root} is intact: lower optim.lr, enable optim.grad_clip or "
+                "use precision.mixed=bf16 instead of fp16, then resume")
+
+    def _record(self, value: torch.Tensor, samples_per_s: float) -> dict:
+        record = {"step": self.step, "epoch": self.epoch, "loss": float(value),
+                  "lr": self.optimizer.param_groups[0]["lr"], "samples_per_s": round(samples_per_s, 2)}
+        if self.contrastive:
+            record["queue_fill"] = float(self.queue.fill_fraction())
+        if torch.cuda.is_available():
+            record["gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        return record
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m mlcdist.train",
+        description="Pretrain an encoder with multi-label supervised contrastive learning (MulSupCon).",
+        epilog="examples:\n"
+               "  python -m mlcdist.train recipes/demo.yaml\n"
+               "  python -m mlcdist.train recipes/yeast.yaml optim.lr=0.001 data.batch_size=64\n"
+               "  accelerate launch --config_file recipes/accelerate/ddp.yaml -m mlcdist.train recipes/coco.yaml\n"
+               "  python -m mlcdist.train recipes/coco.yaml --print-config",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", help="YAML recipe (may extend a base recipe with `base:`)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted overrides, e.g. optim.lr=0.05 data.batch_size=128")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_recipe(args.recipe, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(dump_yaml(cfg), end="")
+        return 0
+    trainer = Trainer(cfg)
+    try:
+        summary = trainer.fit()
+    except NonFiniteLoss as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    if trainer.acc.is_main_process:
+        print(f"done: step {summary['step']}, loss {summary['loss']:.4f}, run folder {cfg.logging.run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
