@@ -30,10 +30,12 @@ class LabelledKeyQueue:
     def __init__(self, size: int, dim: int, num_classes: int, device: torch.device | str = "cpu", *,
                  dtype: torch.dtype = torch.float32, label_dtype: torch.dtype = torch.bool):
         if size < 0 or dim <= 0 or num_classes <= 0:
-            raise ValueError(f"LabelledKeyQueue: need size >= 0 (queue.size), dim > 0 and num_classes > 0; "
+            raise ValueError("LabelledKeyQueue: need size >= 0 (queue.size), dim > 0 and "
+                             "num_classes > 0; "
                              f"got size={size}, dim={dim}, num_classes={num_classes}")
         if label_dtype not in (torch.bool, torch.uint8):
-            raise ValueError(f"LabelledKeyQueue: label_dtype must be torch.bool or torch.uint8, got {label_dtype}")
+            raise ValueError("LabelledKeyQueue: label_dtype must be torch.bool or torch.uint8, "
+                             f"got {label_dtype}")
         self.size, self.dim, self.num_classes = size, dim, num_classes
         self.keys = torch.zeros(size, dim, dtype=dtype, device=device)
         self.labels = torch.zeros(size, num_classes, dtype=label_dtype, device=device)
@@ -66,8 +68,10 @@ class LabelledKeyQueue:
         offsets = torch.arange(n - kept, n, device=self.ptr.device)
         slots = (self.ptr + offsets) % self.size  # distinct, since kept <= size
         # index_copy_/index_fill_ take device indices: no host round trip, unlike masks.
-        self.keys.index_copy_(0, slots, keys[n - kept:].detach().to(self.keys.device, self.keys.dtype))
-        self.labels.index_copy_(0, slots, (labels[n - kept:] != 0).to(self.labels.device, self.labels.dtype))
+        new_keys = keys[n - kept:].detach().to(self.keys.device, self.keys.dtype)
+        new_labels = (labels[n - kept:] != 0).to(self.labels.device, self.labels.dtype)
+        self.keys.index_copy_(0, slots, new_keys)
+        self.labels.index_copy_(0, slots, new_labels)
         self.valid.index_fill_(0, slots, True)
         self.ptr.add_(n).remainder_(self.size)
 
@@ -97,7 +101,8 @@ class LabelledKeyQueue:
             if not isinstance(value, Tensor) or value.shape != own.shape:
                 shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
                 raise ValueError(
-                    f"queue state: {name} has shape {shape} but this queue needs {tuple(own.shape)} "
+                    f"queue state: {name} has shape {shape} but this queue needs "
+                    f"{tuple(own.shape)} "
                     f"(queue.size={self.size}, dim={self.dim}, num_classes={self.num_classes}); "
                     "resume with the same queue.size, model.head_dims and dataset")
         for name in _STATE_KEYS:

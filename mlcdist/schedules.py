@@ -7,7 +7,8 @@ import math
 
 def _check(step: int, total_steps: int) -> None:
     if step < 0 or total_steps <= 0:
-        raise ValueError(f"schedule: need step >= 0 and total_steps > 0, got step={step}, total_steps={total_steps}")
+        raise ValueError("schedule: need step >= 0 and total_steps > 0, "
+                         f"got step={step}, total_steps={total_steps}")
 
 
 def lr_at(step: int, total_steps: int, base_lr: float, warmup_steps: int = 0,
@@ -30,7 +31,8 @@ def lr_at(step: int, total_steps: int, base_lr: float, warmup_steps: int = 0,
     if warmup_steps < 0:
         raise ValueError(f"lr_at: warmup_steps must be >= 0, got {warmup_steps}")
     if kind not in ("cosine", "constant"):
-        raise ValueError(f"lr_at: kind must be 'cosine' or 'constant' (schedule.kind), got {kind!r}")
+        raise ValueError(
+            f"lr_at: kind must be 'cosine' or 'constant' (schedule.kind), got {kind!r}")
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     if kind == "constant":
@@ -48,7 +50,8 @@ def momentum_at(step: int, total_steps: int, base_momentum: float, kind: str = "
     """
     _check(step, total_steps)
     if kind not in ("constant", "cosine"):
-        raise ValueError(f"momentum_at: kind must be 'constant' or 'cosine' (model.momentum_schedule), got {kind!r}")
+        raise ValueError("momentum_at: kind must be 'constant' or 'cosine' "
+                         f"(model.momentum_schedule), got {kind!r}")
     if kind == "constant":
         return base_momentum
     progress = min(step / total_steps, 1.0)

@@ -62,7 +62,8 @@ class Trainer:
         self.info = info or load_dataset_info(cfg.data.train)
         self.contrastive = cfg.loss.kind != "bce"
         model = build_model(cfg.model, num_classes=self.info.num_classes, in_dim=self.info.feature_dim,
-                            kind="contrastive" if self.contrastive else "supervised")
+                            kind="contrastive" if self.contrastive else "supervised",
+                            image_size=cfg.augment.image_size)
         if loader is None:
             from mlcdist.data.pipeline import make_loader
 

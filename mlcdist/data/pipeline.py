@@ -187,9 +187,12 @@ class ShardStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        loader_worker, workers = (info.id, info.num_workers) if info else (0, 1)
         if workers != self.workers:
             raise RuntimeError(f"planned for {self.workers} workers, DataLoader runs {workers}")
+        # DataLoader's round-robin always starts at its worker 0, but rank batch k (the first one
+        # after a resume at k) belongs to plan worker k mod W: rotate the roles to match.
+        worker = (loader_worker + self.skip_batches) % workers
         plan = plan_worker(self.shards.sizes, mode=self.plan_mode, seed=self.data.seed, epoch=self.epoch,
                            rank=self.rank, world_size=self.world_size, batch_size=self.data.batch_size,
                            num_workers=workers, worker=worker, skip_batches=self.skip_batches)
@@ -293,7 +296,10 @@ class Loader:
         workers = self.stream.data.num_workers
         loader = DataLoader(self.stream, batch_size=None, num_workers=workers,
                             pin_memory=torch.cuda.is_available(), persistent_workers=False,
-                            prefetch_factor=2 if workers > 0 else None)
+                            prefetch_factor=2 if workers > 0 else None,
+                            # a private generator: the DataLoader draws its base seed from it,
+                            # so iterating never advances the global RNG (exact resume)
+                            generator=torch.Generator().manual_seed(self.stream.data.seed))
         before = self.skipped
         for batch in loader:
             self.skipped += int(batch.pop("skipped"))

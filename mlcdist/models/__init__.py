@@ -1,8 +1,12 @@
 """Model code: encoders, projection head, momentum copy. No distributed logic here."""
 
-from mlcdist.models.backbones import FEATURE_WIDTHS, WeightsFileError, build_backbone, load_weights_file
+from mlcdist.models.backbones import (
+    FEATURE_WIDTHS, WeightsFileError, build_backbone, load_weights_file,
+)
 from mlcdist.models.ema import EMA, ema_update_
-from mlcdist.models.moco import ContrastiveModel, Encoder, ProjectionHead, SupervisedModel, build_model
+from mlcdist.models.moco import (
+    ContrastiveModel, Encoder, ProjectionHead, SupervisedModel, build_model,
+)
 
 __all__ = [
     "EMA", "FEATURE_WIDTHS", "ContrastiveModel", "Encoder", "ProjectionHead", "SupervisedModel",

@@ -2,14 +2,13 @@
 
 ``build_backbone(cfg)`` returns ``(module, feature_width)``:
 
-============  =====================================  =====
-arch          what                                   width
-============  =====================================  =====
-resnet18      torchvision ResNet-18, ``fc`` removed    512
-resnet50      torchvision ResNet-50, ``fc`` removed   2048
-vit_b_16      torchvision ViT-B/16, ``heads`` removed  768
-mlp           paper's vector MLP (Linear-ReLU-Dropout) ``mlp_dims[-1]``
-============  =====================================  =====
+- ``resnet18`` / ``resnet50``: torchvision ResNet, ``fc`` replaced by Identity; 512 / 2048.
+- ``vit_b_16``: torchvision ViT-B/16 at ``image_size``, ``heads`` replaced by Identity; 768.
+- ``mlp``: the paper's vector encoder, Linear -> ReLU -> Dropout per ``mlp_dims``; ``mlp_dims[-1]``.
+
+Gradient checkpointing (``cfg.grad_checkpointing``) recomputes each ResNet stage / each ViT
+block in backward (non-reentrant, training only); state_dict keys and BatchNorm running
+statistics are exactly those of the plain model.
 
 Weights come only from a LOCAL file (``cfg.weights``): nothing is ever downloaded. The paper
 trains from scratch, so ``weights`` is normally null. Distributed wrapping and
@@ -53,16 +52,17 @@ class _RestoreBatchNormStats:
     def __init__(self, module: nn.Module):
         self.bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
+    @staticmethod
+    def _stats(bn: nn.Module) -> list[torch.Tensor]:
+        stats = (bn.running_mean, bn.running_var, bn.num_batches_tracked)
+        return [b for b in stats if b is not None]
+
     def __enter__(self) -> None:
-        self.saved = [
-            [b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
-            for m in self.bns
-        ]
+        self.saved = [[b.clone() for b in self._stats(m)] for m in self.bns]
 
     def __exit__(self, *exc: object) -> None:
         for m, saved in zip(self.bns, self.saved):
-            live = [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
-            for dst, src in zip(live, saved):
+            for dst, src in zip(self._stats(m), saved):
                 dst.copy_(src)
 
 
@@ -119,18 +119,20 @@ def load_weights_file(model: nn.Module, path: str | Path) -> None:
     """
     path = Path(path)
     if not path.is_file():
-        raise WeightsFileError(f"model.weights: {path} not found; give a local state_dict file or null")
+        raise WeightsFileError(
+            f"model.weights: {path} not found; give a local state_dict file or null")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt file, pickle with code, wrong format...
         raise WeightsFileError(
-            f"model.weights: {path} is not a readable torch state_dict ({type(err).__name__}: {err}); "
-            "save one with torch.save(model.state_dict(), path)"
+            f"model.weights: {path} is not a readable torch state_dict "
+            f"({type(err).__name__}: {err}); save one with torch.save(model.state_dict(), path)"
         ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsFileError(f"model.weights: {path} must hold a mapping of parameter name -> tensor")
+        raise WeightsFileError(
+            f"model.weights: {path} must hold a mapping of parameter name -> tensor")
     state = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
@@ -143,8 +145,8 @@ def load_weights_file(model: nn.Module, path: str | Path) -> None:
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:8]) + (f" ... (+{len(keys) - 8} more)" if len(keys) > 8 else "")
 
-        parts = [f"{label} keys: {show(keys)}" for label, keys in
-                 (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", mismatched)) if keys]
+        found = (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", mismatched))
+        parts = [f"{label} keys: {show(keys)}" for label, keys in found if keys]
         raise WeightsFileError(
             f"model.weights: {path} does not fit this architecture; " + "; ".join(parts)
             + ". Check model.arch (and image_size for ViT) matches the file"
@@ -178,7 +180,8 @@ def build_backbone(
     if cfg.arch == "mlp":
         if in_dim is None or in_dim <= 0:
             raise ValueError(
-                f"model.arch=mlp needs in_dim (the input vector length, from dataset.json), got {in_dim!r}"
+                "model.arch=mlp needs in_dim (the input vector length, from dataset.json), "
+                f"got {in_dim!r}"
             )
         model: nn.Module = build_mlp(in_dim, list(cfg.mlp_dims), cfg.dropout)
         width = cfg.mlp_dims[-1]
@@ -188,12 +191,14 @@ def build_backbone(
         width = FEATURE_WIDTHS[cfg.arch]
     elif cfg.arch == "vit_b_16":
         if image_size % 16:
-            raise ValueError(f"vit_b_16 needs image_size divisible by 16 (augment.image_size), got {image_size}")
+            raise ValueError(
+                f"vit_b_16 needs image_size divisible by 16 (augment.image_size), got {image_size}")
         model = torchvision.models.vit_b_16(weights=None, image_size=image_size)
         model.heads = nn.Identity()
         width = FEATURE_WIDTHS["vit_b_16"]
     else:
-        raise ValueError(f"model.arch: unknown {cfg.arch!r}; use resnet18, resnet50, vit_b_16 or mlp")
+        raise ValueError(
+            f"model.arch: unknown {cfg.arch!r}; use resnet18, resnet50, vit_b_16 or mlp")
     if cfg.weights:
         load_weights_file(model, cfg.weights)
     if cfg.grad_checkpointing:

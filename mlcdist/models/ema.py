@@ -59,12 +59,14 @@ def ema_update_(target: list[Tensor], source: list[Tensor], momentum: Momentum) 
     target = [_local(t) for t in target]
     source = [_local(s) for s in source]
     if len(target) != len(source):
-        raise ValueError(f"ema_update_: {len(target)} target tensors but {len(source)} source tensors")
+        raise ValueError(
+            f"ema_update_: {len(target)} target tensors but {len(source)} source tensors")
     if not target:
         return
     for i, (t, s) in enumerate(zip(target, source)):
         if t.shape != s.shape:
-            raise ValueError(f"ema_update_: tensor {i}: target {tuple(t.shape)} vs source {tuple(s.shape)}")
+            raise ValueError(
+                f"ema_update_: tensor {i}: target {tuple(t.shape)} vs source {tuple(s.shape)}")
     src = [s.to(t.dtype) if s.dtype != t.dtype else s for t, s in zip(target, source)]
     torch._foreach_mul_(target, momentum)
     if isinstance(momentum, Tensor):
@@ -86,12 +88,13 @@ class EMA:
 
     def __init__(self, key: ParamSource):
         self.shadow: list[Tensor | None] = [
-            None if t.dtype in _MASTER_DTYPES else t.to(torch.float32, copy=True) for t in _tensors(key)
+            None if t.dtype in _MASTER_DTYPES else t.to(torch.float32, copy=True)
+            for t in _tensors(key)
         ]
 
     @torch.no_grad()
     def update(self, query: ParamSource, key: ParamSource, momentum: Momentum) -> None:
-        """One step of :math:`\\theta_k \\leftarrow m\\,\\theta_k + (1-m)\\,\\theta_q` in float32."""
+        """One EMA step (formula in :func:`ema_update_`) on the float32 masters."""
         q, k = _tensors(query), _tensors(key)
         if not len(q) == len(k) == len(self.shadow):
             raise ValueError(f"EMA.update: {len(q)} query / {len(k)} key tensors, but the EMA was "
@@ -124,11 +127,13 @@ class EMA:
         expected = {f"shadow.{i}" for i, s in enumerate(self.shadow) if s is not None}
         if set(state) != expected:
             raise ValueError(
-                f"EMA.load_state_dict: keys {sorted(state)[:6]} do not match this EMA's {sorted(expected)[:6]}; "
+                f"EMA.load_state_dict: keys {sorted(state)[:6]} do not match this EMA's "
+                f"{sorted(expected)[:6]}; "
                 "was the checkpoint written with the same model and precision?")
         for name, value in state.items():
             dst = self.shadow[int(name.split(".")[1])]
             assert dst is not None
             if value.shape != dst.shape:
-                raise ValueError(f"EMA.load_state_dict: {name}: shape {tuple(value.shape)} vs {tuple(dst.shape)}")
+                raise ValueError(f"EMA.load_state_dict: {name}: shape {tuple(value.shape)} "
+                                 f"vs {tuple(dst.shape)}")
             dst.copy_(value)

@@ -133,6 +133,7 @@ def build_model(cfg: ModelConfig, *, num_classes: int, in_dim: Optional[int] = N
     backbone, width = build_backbone(cfg, in_dim=in_dim, image_size=image_size)
     if kind == "supervised":
         if num_classes <= 0:
-            raise ValueError(f"build_model: the BCE baseline needs num_classes > 0, got {num_classes}")
+            raise ValueError(
+                f"build_model: the BCE baseline needs num_classes > 0, got {num_classes}")
         return SupervisedModel(backbone, width, num_classes)
     return ContrastiveModel(Encoder(backbone, width, list(cfg.head_dims)))

@@ -1,0 +1,277 @@
+"""Backbones, projection head, query/key model, and the float32-master EMA."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from mlcdist.config import ModelConfig
+from mlcdist.models import (
+    EMA, ContrastiveModel, SupervisedModel, WeightsFileError, build_backbone, build_model,
+    ema_update_,
+)
+from mlcdist.models.backbones import _enable_checkpointing
+
+
+def cfg(**kw) -> ModelConfig:
+    return ModelConfig(**kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backbones
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch,width", [("resnet18", 512), ("resnet50", 2048)])
+def test_resnet_widths(arch, width):
+    torch.manual_seed(0)
+    model, w = build_backbone(cfg(arch=arch))
+    assert w == width and isinstance(model.fc, nn.Identity)
+    with torch.no_grad():
+        out = model.eval()(torch.randn(1, 3, 32, 32))
+    assert out.shape == (1, width)
+
+
+def test_vit_width_image_size_and_checkpoint_switch():
+    model, w = build_backbone(cfg(arch="vit_b_16", grad_checkpointing=True), image_size=32)
+    assert w == 768 and isinstance(model.heads, nn.Identity) and model.image_size == 32
+    assert type(model.encoder.layers).__name__ == "CheckpointedEach"
+    assert "encoder.layers.encoder_layer_11.mlp.0.weight" in model.state_dict()  # keys unchanged
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 768)
+    with pytest.raises(ValueError, match="divisible by 16"):
+        build_backbone(cfg(arch="vit_b_16"), image_size=30)
+
+
+def test_mlp_structure_and_in_dim_error():
+    model, w = build_backbone(cfg(arch="mlp", mlp_dims=[8, 6, 4], dropout=0.25), in_dim=10)
+    assert w == 4
+    kinds = [type(m).__name__ for m in model]
+    assert kinds == ["Linear", "ReLU", "Dropout"] * 3
+    assert [m.in_features for m in model if isinstance(m, nn.Linear)] == [10, 8, 6]
+    assert all(m.p == 0.25 for m in model if isinstance(m, nn.Dropout))
+    assert model(torch.randn(5, 10)).shape == (5, 4)
+    with pytest.raises(ValueError, match="needs in_dim"):
+        build_backbone(cfg(arch="mlp"))
+
+
+def test_weights_file_loads_exactly(tmp_path):
+    torch.manual_seed(1)
+    source = torchvision.models.resnet18(weights=None, num_classes=7)  # classifier keys are ignored
+    path = tmp_path / "r18.pt"
+    torch.save(source.state_dict(), path)
+    model, _ = build_backbone(cfg(arch="resnet18", weights=str(path)))
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, source.state_dict()[name]), name
+
+
+def test_weights_file_errors(tmp_path):
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    del state["layer1.0.conv1.weight"]
+    state["extra.weight"] = torch.zeros(1)
+    state["conv1.weight"] = torch.zeros(2, 2)
+    bad = tmp_path / "bad.pt"
+    torch.save(state, bad)
+    with pytest.raises(WeightsFileError) as err:
+        build_backbone(cfg(arch="resnet18", weights=str(bad)))
+    msg = str(err.value)
+    assert "bad.pt" in msg and "missing keys: layer1.0.conv1.weight" in msg
+    assert "unexpected keys: extra.weight" in msg and "conv1.weight (file (2, 2)" in msg
+
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a torch file at all")
+    with pytest.raises(WeightsFileError, match="corrupt.pt is not a readable torch state_dict"):
+        build_backbone(cfg(arch="resnet18", weights=str(corrupt)))
+    with pytest.raises(WeightsFileError, match="not found"):
+        build_backbone(cfg(arch="resnet18", weights=str(tmp_path / "nope.pt")))
+
+
+def _grads_with(checkpointing: bool, arch: str, x: torch.Tensor, **kw):
+    torch.manual_seed(0)
+    model, _ = build_backbone(cfg(arch=arch, grad_checkpointing=checkpointing), **kw)
+    model.train()
+    out = model(x)
+    (out ** 2).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    return model, out.detach(), grads
+
+
+def test_grad_checkpointing_resnet_same_gradients_and_bn_stats():
+    x = torch.randn(2, 3, 32, 32)
+    plain, out0, g0 = _grads_with(False, "resnet18", x)
+    ckpt, out1, g1 = _grads_with(True, "resnet18", x)
+    assert type(ckpt.layer1).__name__ == "CheckpointedStage"
+    assert list(plain.state_dict()) == list(ckpt.state_dict())  # checkpoints stay interchangeable
+    torch.testing.assert_close(out1, out0)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-5, atol=1e-6, msg=name)
+    # recomputation must not update BatchNorm running statistics a second time
+    for (name, b0), b1 in zip(plain.named_buffers(), ckpt.buffers()):
+        assert torch.equal(b0, b1), name
+
+
+def test_grad_checkpointing_vit_blocks_same_gradients():
+    # A two-block ViT with the same structure as vit_b_16 keeps the test fast on CPU.
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    plain = VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=2,
+                              hidden_dim=32, mlp_dim=64, dropout=0.1)
+    ckpt = copy.deepcopy(plain)
+    _enable_checkpointing(ckpt, "vit_b_16")
+    x = torch.randn(2, 3, 32, 32)
+    grads = []
+    for model in (plain, ckpt):
+        torch.manual_seed(3)  # same dropout masks; checkpointing replays the RNG state
+        (model.train()(x) ** 2).sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Contrastive and supervised models
+# ---------------------------------------------------------------------------------------------
+
+
+def small_contrastive(**kw) -> ContrastiveModel:
+    torch.manual_seed(0)
+    c = cfg(arch="mlp", mlp_dims=[16, 16], head_dims=[12, 6], dropout=0.0, **kw)
+    return build_model(c, num_classes=3, in_dim=8)
+
+
+def test_contrastive_model_query_and_key():
+    model = small_contrastive()
+    x = torch.randn(4, 8)
+    z = model(x)
+    assert z.shape == (4, 6) and z.dtype == torch.float32
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(4))
+    assert [m.out_features for m in model.query.head.layers if isinstance(m, nn.Linear)] == [12, 6]
+    assert isinstance(model.query.head.layers[1], nn.ReLU) and len(model.query.head.layers) == 3
+    assert model.backbone is model.query.backbone
+    assert all(not p.requires_grad for p in model.key.parameters())
+    assert all(p.requires_grad for p in model.query.parameters())
+    assert model.key.training
+    for pq, pk in zip(model.query.parameters(), model.key.parameters()):
+        assert torch.equal(pq, pk) and pq.data_ptr() != pk.data_ptr()
+    k = model.encode_keys(x)
+    assert not k.requires_grad
+    torch.testing.assert_close(k, z.detach())
+
+
+def test_supervised_model_and_factory_errors():
+    torch.manual_seed(0)
+    model = build_model(cfg(arch="mlp", mlp_dims=[16]), num_classes=5, in_dim=8, kind="supervised")
+    assert isinstance(model, SupervisedModel)
+    assert model(torch.randn(3, 8)).shape == (3, 5)
+    with pytest.raises(ValueError, match="kind"):
+        build_model(cfg(arch="mlp"), num_classes=5, in_dim=8, kind="byol")
+
+
+def test_key_batchnorm_buffers_come_from_key_forward_only():
+    torch.manual_seed(0)
+    model = build_model(cfg(arch="resnet18", head_dims=[8]), num_classes=2)
+    q_bn, k_bn = model.query.backbone.bn1, model.key.backbone.bn1
+    ema = EMA(model.key)
+    ema.update(model.query, model.key, 0.9)
+    assert torch.equal(k_bn.running_mean, torch.zeros_like(k_bn.running_mean))
+    model.encode_keys(torch.randn(2, 3, 32, 32))
+    assert not torch.equal(k_bn.running_mean, torch.zeros_like(k_bn.running_mean))
+    assert torch.equal(q_bn.running_mean, torch.zeros_like(q_bn.running_mean))
+
+
+# ---------------------------------------------------------------------------------------------
+# EMA
+# ---------------------------------------------------------------------------------------------
+
+
+def test_ema_formula_matches_float64_manual():
+    torch.manual_seed(0)
+    target = [torch.randn(5, 3, dtype=torch.float64), torch.randn(7, dtype=torch.float64)]
+    source = [torch.randn(5, 3, dtype=torch.float64), torch.randn(7, dtype=torch.float64)]
+    expected = [0.97 * t + 0.03 * s for t, s in zip(target, source)]
+    by_tensor = [t.clone() for t in target]
+    ema_update_(target, source, 0.97)
+    ema_update_(by_tensor, source, torch.tensor(0.97, dtype=torch.float64))
+    for got, tens, want in zip(target, by_tensor, expected):
+        torch.testing.assert_close(got, want, rtol=1e-15, atol=1e-15)
+        torch.testing.assert_close(tens, want, rtol=1e-15, atol=1e-15)
+    with pytest.raises(ValueError, match="target"):
+        ema_update_(target, source[:1], 0.9)
+
+
+def test_bf16_naive_ema_is_lost_but_fp32_master_is_not():
+    m, steps = 0.999, 300
+    key_init = torch.ones(64, dtype=torch.bfloat16)
+    query = torch.full((64,), 1.1, dtype=torch.bfloat16)  # 1.1 -> 1.1015625 in bf16
+
+    naive = key_init.clone()
+    for _ in range(steps):
+        ema_update_([naive], [query], m)  # bf16 target: each 1e-4 step rounds away
+    assert torch.equal(naive, key_init)
+
+    key = key_init.clone()
+    ema = EMA([key])
+    for _ in range(steps):
+        ema.update([query], [key], m)
+    exact = 1.0 + (1.1015625 - 1.0) * (1 - m ** steps)  # closed form in float64: ~1.026
+    assert key.dtype == torch.bfloat16 and float(key[0]) > 1.015
+    assert abs(float(key[0]) - exact) <= 2 ** -7  # within one bf16 ulp of the exact EMA
+    assert abs(float(ema.shadow[0][0]) - exact) < 1e-4  # fp32 accumulation, << bf16 ulp
+
+
+def test_bf16_training_key_tracks_float64_reference():
+    model = small_contrastive()
+    ema = EMA(model.key)  # built before the cast: float32 key -> no shadows yet
+    model = model.to(torch.bfloat16)
+    opt = torch.optim.SGD(model.query.parameters(), lr=0.05)
+    ref = [p.detach().double().clone() for p in model.key.parameters()]
+    start = [p.detach().clone() for p in model.key.parameters()]
+    torch.manual_seed(1)
+    for _ in range(30):
+        x = torch.randn(16, 8, dtype=torch.bfloat16)
+        loss = -(model(x) @ model.encode_keys(x + 0.1).T).diagonal().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ema.update(model.query, model.key, 0.999)
+        for r, q in zip(ref, model.query.parameters()):
+            r.mul_(0.999).add_(q.detach().double(), alpha=0.001)
+    assert all(s is not None for s in ema.shadow)  # shadows were created lazily after the cast
+    moved = sum(int((p != s).sum()) for p, s in zip(model.key.parameters(), start))
+    assert moved > 0
+    for p, r, s in zip(model.key.parameters(), ref, ema.shadow):
+        # the bf16 start is the only rounding the master ever sees
+        torch.testing.assert_close(s.double(), r, rtol=0, atol=1e-6)
+        torch.testing.assert_close(p.double(), r, rtol=2 ** -8, atol=1e-6)
+
+
+def test_fp32_key_is_its_own_master_and_state_round_trips():
+    model = small_contrastive()
+    ema = EMA(model.key)
+    assert all(s is None for s in ema.shadow) and ema.state_dict() == {}
+    with torch.no_grad():
+        for p in model.query.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in model.key.parameters()]
+    ema.update(model.query, model.key, 0.5)
+    for p, b, q in zip(model.key.parameters(), before, model.query.parameters()):
+        torch.testing.assert_close(p, 0.5 * b + 0.5 * q)
+
+    key = [torch.randn(4, dtype=torch.bfloat16)]
+    a = EMA(key)
+    a.update([torch.randn(4)], key, 0.9)
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = EMA([torch.zeros(4, dtype=torch.bfloat16)])
+    b.load_state_dict(torch.load(buf, weights_only=True))
+    assert torch.equal(a.shadow[0], b.shadow[0])
+    with pytest.raises(ValueError, match="do not match"):
+        EMA(model.key).load_state_dict(a.state_dict())

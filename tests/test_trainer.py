@@ -1,0 +1,143 @@
+"""The Trainer end to end on real (tiny) vector shards: resume, run folder, non-finite stop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mlcdist.config import from_dict, load_recipe
+from mlcdist.data.shards import EncodedSample, npy_bytes, write_dataset
+from mlcdist.parallel import full_state_dict
+from mlcdist.train import NonFiniteLoss, Trainer, main
+
+DIM, CLASSES, SAMPLES = 12, 5, 72
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shards") / "train"
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(CLASSES, DIM))
+    samples = []
+    for i in range(SAMPLES):
+        labels = sorted(set(rng.choice(CLASSES, size=rng.integers(1, 3), replace=False).tolist()))
+        x = centers[labels].sum(0) + 0.3 * rng.normal(size=DIM)
+        samples.append(EncodedSample("npy", npy_bytes(x), labels, f"s{i}"))
+    write_dataset(samples, out, name="toy", class_names=[f"c{j}" for j in range(CLASSES)], modality="vector",
+                  feature_dim=DIM, max_samples_per_shard=25)  # uneven shards: 25, 25, 22
+    return out
+
+
+def recipe(shards: Path, run_dir: Path, **sections) -> dict:
+    data = {
+        "data": {"train": str(shards), "batch_size": 8, "num_workers": 0, "shuffle_buffer": 16},
+        "augment": {"mask_ratio": 0.3},
+        "model": {"arch": "mlp", "mlp_dims": [16, 16], "dropout": 0.1, "head_dims": [16, 8], "momentum": 0.9},
+        "queue": {"size": 20},
+        "optim": {"name": "adam", "lr": 0.003, "weight_decay": 0.0},
+        "schedule": {"epochs": 3, "kind": "cosine", "warmup_epochs": 0.5},
+        "checkpoint": {"every_epochs": 1, "keep_last": 2, "resume": "auto"},
+        "logging": {"run_dir": str(run_dir), "progress": False, "every_steps": 2},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return data
+
+
+def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    q = full_state_dict(trainer.acc, trainer.strategy, trainer.query)
+    k = full_state_dict(trainer.acc, trainer.strategy, trainer.key)
+    return {**{f"q.{n}": v for n, v in q.items()}, **{f"k.{n}": v for n, v in k.items()},
+            "queue": trainer.queue.keys.cpu().clone()}
+
+
+def test_stop_and_resume_equals_uninterrupted_run(shards, tmp_path):
+    straight = Trainer(from_dict(recipe(shards, tmp_path / "straight")))
+    straight.fit()
+    expected = weights(straight)
+    assert straight.step == 3 * (SAMPLES // 8)
+
+    first = Trainer(from_dict(recipe(shards, tmp_path / "resumed")))
+    first.fit(stop_at_step=13)  # mid-epoch 2 (9 steps per epoch)
+    assert first.step == 13
+    second = Trainer(from_dict(recipe(shards, tmp_path / "resumed")))
+    second.fit()
+    assert second.step == straight.step
+    got = weights(second)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], msg=lambda m: f"{name}: {m}")
+    # the resumed run's logged losses continue the straight run's
+    def losses(run: str) -> dict[int, float]:
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return {r["step"]: r["loss"] for r in map(json.loads, lines)}
+
+    a, b = losses("straight"), losses("resumed")
+    assert a.keys() <= b.keys()  # the stopped run also logged its last step, 13
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-5)
+
+
+def test_run_folder_has_resolved_config_metrics_and_checkpoints(shards, tmp_path):
+    run = tmp_path / "run"
+    trainer = Trainer(from_dict(recipe(shards, run, schedule={"epochs": 2})))
+    trainer.fit()
+    assert load_recipe(run / "config.yaml") == trainer.cfg
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"step", "epoch", "loss", "lr", "samples_per_s", "queue_fill"} <= records[-1].keys()
+    assert records[-1]["queue_fill"] == 1.0
+    checkpoints = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
+    assert checkpoints == ["step-00000009", "step-00000018"]
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000018"
+    state = torch.load(run / "checkpoints" / "step-00000018" / "state.pt", weights_only=True)
+    assert state["counters"]["step"] == 18 and state["num_classes"] == CLASSES
+
+
+def test_keep_last_prunes_and_crash_mid_save_keeps_latest(shards, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    cfg = recipe(shards, run, schedule={"epochs": 3}, checkpoint={"every_epochs": 1, "keep_last": 1})
+    Trainer(from_dict(cfg)).fit(stop_at_step=9)
+    assert [p.name for p in (run / "checkpoints").glob("step-*")] == ["step-00000009"]
+    from mlcdist import checkpoint
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "publish", crash)
+    with pytest.raises(OSError):
+        Trainer(from_dict(cfg)).fit(stop_at_step=18)
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000009"
+    monkeypatch.undo()
+    resumed = Trainer(from_dict(cfg))
+    resumed.fit(stop_at_step=10)
+    assert resumed.step == 10  # restarted from step 9, not from the broken save
+
+
+def test_non_finite_loss_stops_with_message_and_keeps_checkpoint(shards, tmp_path):
+    run = tmp_path / "run"
+    cfg = recipe(shards, run, schedule={"epochs": 3})
+    Trainer(from_dict(cfg)).fit(stop_at_step=9)
+    cfg["checkpoint"]["resume"] = None  # start over in the same run folder, with poisoned weights
+    broken = Trainer(from_dict(cfg))
+    for p in broken.query.parameters():
+        p.data.fill_(float("nan"))
+    with pytest.raises(NonFiniteLoss, match="non-finite loss"):
+        broken.fit()
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000009"
+
+
+def test_bce_baseline_trains(shards, tmp_path):
+    trainer = Trainer(from_dict(recipe(shards, tmp_path / "bce", loss={"kind": "bce"},
+                                       schedule={"epochs": 1})))
+    summary = trainer.fit()
+    assert np.isfinite(summary["loss"]) and summary["step"] == SAMPLES // 8
+
+
+def test_cli_reports_config_errors(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  lrr: 0.1\n")
+    assert main([str(path)]) == 2
+    assert "optim.lrr: unknown key; did you mean optim.lr?" in capsys.readouterr().err
