@@ -85,7 +85,7 @@ def test_plan_shard_order_and_segments():
     assert len(orders) > 1 and all(sorted(o) == list(range(6)) for o in orders)
     assert shard_order(6, 0, 3, True) == shard_order(6, 0, 3, True)
     segs = segments_between([7, 1, 13, 4], [2, 0, 3, 1], 10, 22)
-    assert [(s.shard, s.start, s.stop) for s in segs] == [(0, 0, 7), (3, 0, 2)]
+    assert [(s.shard, s.start, s.stop) for s in segs] == [(2, 10, 13), (0, 0, 7), (3, 0, 2)]
     segs = segments_between([7, 1, 13, 4], [2, 0, 3, 1], 5, 15)
     assert [(s.shard, s.start, s.stop) for s in segs] == [(2, 5, 13), (0, 0, 2)]
 
@@ -163,13 +163,17 @@ def test_resampled_counts(vectors):
         assert all(b["index"].shape == (2,) and set(b["index"].tolist()) <= set(truth) for b in batches)
 
 
-def test_skip_batches_gives_the_exact_tail(images):
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize("skip,workers", [(3, 2), (4, 2), (1, 3)])
+def test_skip_batches_gives_the_exact_tail(images, skip, workers):
     root, _ = images
-    data = data_cfg(batch_size=2, shuffle_buffer=4)
+    data = data_cfg(batch_size=2, shuffle_buffer=4, num_workers=workers)
     full = list(make_loader(str(root), data, AUG, mode="pretrain", rank=1, world_size=2, epoch=2))
-    tail = list(make_loader(str(root), data, AUG, mode="pretrain", rank=1, world_size=2, epoch=2, skip_batches=3))
-    assert len(full) == 6 and len(tail) == 3
-    for a, b in zip(full[3:], tail):
+    loader = make_loader(str(root), data, AUG, mode="pretrain", rank=1, world_size=2, epoch=2, skip_batches=skip)
+    tail = list(loader)
+    assert len(full) == len(loader) == 6 and len(tail) == 6 - skip
+    assert len(list(loader)) == 6  # the resume offset applies to one pass only
+    for a, b in zip(full[skip:], tail):
         assert torch.equal(a["index"], b["index"]) and torch.equal(a["labels"], b["labels"])
         assert all(torch.equal(x, y) for x, y in zip(a["views"], b["views"]))
 
