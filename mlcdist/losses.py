@@ -112,6 +112,12 @@ def multilabel_supcon_terms(
 ) -> LossTerms:
     """Numerator and normaliser of :func:`multilabel_supcon` (see the module docstring)."""
     _check(query, keys, query_labels, key_labels, key_valid, positives)
+    with torch.autocast(device_type=query.device.type, enabled=False):  # float32 under AMP too
+        return _terms(query, keys, query_labels, key_labels, temperature, positives, key_valid)
+
+
+def _terms(query: Tensor, keys: Tensor, query_labels: Tensor, key_labels: Tensor, temperature: float,
+           positives: str, key_valid: Optional[Tensor]) -> LossTerms:
     q = query.float() * (1.0 / temperature)  # fold 1/tau into the small B x D side
     k = keys.float()
     yq = query_labels.float()

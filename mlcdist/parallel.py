@@ -54,6 +54,9 @@ def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1):
     handlers = [InitProcessGroupKwargs(backend="gloo")] if cpu and distributed else []
     # DeepSpeed is initialised by `wrap` itself (Accelerate's plugin needs transformers and
     # is disabled on CPU), so Accelerate sets up a plain process group here.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # a process may train then evaluate with other precisions
     saved = os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
     try:
         accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,

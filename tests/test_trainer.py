@@ -141,3 +141,18 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     path.write_text("optim:\n  lrr: 0.1\n")
     assert main([str(path)]) == 2
     assert "optim.lrr: unknown key; did you mean optim.lr?" in capsys.readouterr().err
+
+
+def test_key_encoder_moves_in_bf16(shards, tmp_path):
+    cfg = recipe(shards, tmp_path / "bf16", precision={"mixed": "bf16"}, model={"momentum": 0.999},
+                 schedule={"epochs": 1}, checkpoint={"every_epochs": 0})
+    trainer = Trainer(from_dict(cfg))
+    before = {n: p.detach().clone() for n, p in trainer.key.named_parameters()}
+    trainer.fit()
+    moved = [n for n, p in trainer.key.named_parameters() if not torch.equal(p, before[n])]
+    assert moved == list(before)  # every key tensor moved; 1 - m = 1e-3 is not lost to rounding
+    assert all(p.dtype == torch.float32 for p in trainer.key.parameters())
+    # and by the EMA amount: at most 9 steps x 1e-3 of the query-key gap
+    q = dict(trainer.query.named_parameters())
+    for n, p in trainer.key.named_parameters():
+        assert (p - before[n]).abs().max() <= 9 * 1e-3 * (q[n].detach() - before[n]).abs().max() + 1e-6
