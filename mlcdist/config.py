@@ -88,8 +88,9 @@ class ModelConfig:
     ``arch``: torchvision ``resnet18``/``resnet50``/``vit_b_16`` or the paper's ``mlp`` for
     vectors (``mlp_dims`` hidden widths, each linear-ReLU-dropout). ``head_dims`` are the
     projection head widths after the backbone (paper, ResNet-50: 2048 -> 1024 -> 256).
-    ``key_bn`` chooses how the key encoder's batch norm avoids leaking batch statistics
-    between query and key: ``shuffle`` (MoCo shuffle-BN across ranks) or ``sync``.
+    ``key_bn`` chooses how batch norm is handled across ranks: ``shuffle`` (MoCo shuffle-BN:
+    the key encoder normalises a random cross-rank group, hiding the query's own batch) or
+    ``sync`` (SyncBatchNorm in both encoders: global statistics, so N processes equal one).
     """
 
     arch: Literal["resnet18", "resnet50", "vit_b_16", "mlp"] = "resnet50"

@@ -139,15 +139,25 @@ def shard_units(module: nn.Module) -> list[nn.Module]:
 
 def wrap(accelerator, strategy: Strategy, query: nn.Module, key: nn.Module,
          make_optimizer: Callable[[nn.Module], torch.optim.Optimizer], micro_batch: int,
-         grad_clip: Optional[float] = None):
+         grad_clip: Optional[float] = None, *, sync_bn: bool = False, channels_last: bool = False,
+         compile: bool = False):
     """Move to device and wrap for the strategy; returns (query, key, optimizer).
 
     ``make_optimizer`` receives the (possibly sharded) query module so that the optimizer
-    holds the parameters the backend actually updates.
+    holds the parameters the backend actually updates. ``sync_bn`` turns every batch norm of
+    both encoders into SyncBatchNorm (global batch statistics: N processes then equal one, BN
+    included); ``compile`` compiles both encoders in place (state-dict keys unchanged).
     """
     device = accelerator.device
-    query.to(device)
-    key.to(device)
+    if sync_bn and accelerator.num_processes > 1:
+        query = nn.SyncBatchNorm.convert_sync_batchnorm(query)
+        key = nn.SyncBatchNorm.convert_sync_batchnorm(key)
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    query.to(device, memory_format=memory_format)
+    key.to(device, memory_format=memory_format)
+    if compile:
+        query.compile()
+        key.compile()
     if strategy == Strategy.FSDP2:
         mp = accelerator.mixed_precision
         _fsdp2_shard(query, mp)

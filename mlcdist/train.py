@@ -82,7 +82,8 @@ class Trainer:
         key = model.key if self.contrastive else torch.nn.Identity()
         self.query, self.key, self.optimizer = wrap(
             self.acc, self.strategy, query, key, lambda m: build_optimizer(cfg.optim, m),
-            cfg.data.batch_size, cfg.optim.grad_clip)
+            cfg.data.batch_size, cfg.optim.grad_clip, sync_bn=cfg.model.key_bn == "sync",
+            channels_last=cfg.model.channels_last, compile=cfg.model.compile)
         self.queue = LabelledKeyQueue(cfg.queue.size, cfg.model.head_dims[-1], self.info.num_classes,
                                       device=self.acc.device)
         self.step = 0  # optimizer steps taken

@@ -60,3 +60,29 @@ def assert_same(a: dict, b: dict) -> None:
 def test_two_processes_equal_one(backend, single, tmp_path):
     assert single["losses"].isfinite().all() and single["losses"].std() > 0  # a real, moving run
     assert_same(single, run(tmp_path / f"{backend}.pt", 2, BACKENDS[backend]))
+
+
+@pytest.mark.slow
+def test_shuffle_bn_hides_the_local_batch_and_restores_order(tmp_path):
+    from torch import nn
+
+    out = tmp_path / "shuffle.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(29600 + os.getpid() % 1000), str(WORKER.with_name("dist_shuffle_bn.py")), str(out)]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = torch.load(out, weights_only=True)
+    x = got["x"]
+    plain = nn.Linear(4, 4)
+    plain.load_state_dict(got["plain_state"])
+    bn = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)).train()
+    bn.load_state_dict(got["bn_state"])
+    with torch.no_grad():
+        torch.testing.assert_close(got["plain"], plain(x))  # order restored exactly
+        perm = torch.randperm(8, generator=torch.Generator().manual_seed(7))
+        expected = torch.empty(8, 4)
+        expected[perm] = torch.cat([bn(x[perm[:4]]), bn(x[perm[4:]])])
+        torch.testing.assert_close(got["bn"], expected)  # each key normalised with a shuffled group
+        unshuffled = torch.cat([bn(x[:4]), bn(x[4:])])
+        assert not torch.allclose(got["bn"], unshuffled)  # not with its own rank's statistics
