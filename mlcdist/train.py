@@ -146,6 +146,12 @@ class Trainer:
     def train_step(self, batch: dict) -> torch.Tensor:
         cfg = self.cfg
         device = self.acc.device
+        if cfg.augment.device == "gpu" and "jpeg" in batch:  # raw JPEGs: decode + two views on the device
+            from mlcdist.data.gpu_augment import device_views
+            from mlcdist.data.plan import mix_seed
+
+            batch = device_views(batch, cfg.augment, device,
+                                 mix_seed(cfg.data.seed, self.epoch, self.step, self.micro, self.rank))
         views = tuple(v.to(device, non_blocking=True) for v in batch["views"])
         if cfg.model.channels_last and views[0].dim() == 4:
             views = tuple(v.contiguous(memory_format=torch.channels_last) for v in views)
@@ -184,51 +190,58 @@ class Trainer:
         log.message(f"[bold]mlcdist[/] {self.strategy.value} x{self.world}, {self.info.name}: "
                     f"{self.info.num_samples} samples, {self.steps_per_epoch} steps/epoch, "
                     f"{self.total_steps} steps, run folder {self.run_dir}")
-        bad = torch.zeros((), dtype=torch.bool, device=self.acc.device)
-        last_value = torch.zeros((), device=self.acc.device)
-        window_start, window_samples = time.perf_counter(), 0
-        global_batch = cfg.data.batch_size * self.world
+        self._bad = torch.zeros((), dtype=torch.bool, device=self.acc.device)
+        self._last = torch.zeros((), device=self.acc.device)
         try:
             while self.step < last_step:
-                self.loader.set_epoch(self.epoch, skip_batches=self.micro)
-                for batch in self.loader:
-                    value = self.train_step(batch)
-                    self.micro += 1
-                    bad |= ~torch.isfinite(value)
-                    last_value = value
-                    window_samples += global_batch
-                    if not self.acc.sync_gradients:
-                        continue
-                    log.advance(self.step)
-                    if self.step % cfg.logging.every_steps == 0 or self.step == last_step:
-                        self._check_finite(bad, last_value)
-                        elapsed = time.perf_counter() - window_start
-                        log.log(self._record(last_value, window_samples / max(elapsed, 1e-9)))
-                        window_start, window_samples = time.perf_counter(), 0
-                    if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0:
-                        self._check_finite(bad, last_value)
-                        self.save()
-                    if self.step >= last_step:
-                        break
-                else:
+                self._run_epoch(log, last_step)
+                if self.micro >= self.steps_per_epoch * cfg.optim.grad_accum:  # epoch complete
                     self.epoch += 1
                     self.micro = 0
                     if cfg.checkpoint.every_epochs and self.epoch % cfg.checkpoint.every_epochs == 0:
-                        self._check_finite(bad, last_value)
+                        self._check_finite()
                         self.save()
-                    continue
-                break
-            self._check_finite(bad, last_value)
+            self._check_finite()
             if not (self.ckpt_root / ckpt.checkpoint_name(self.step)).exists():
                 self.save()
         finally:
             log.close()
-        return {"step": self.step, "epoch": self.epoch, "loss": float(last_value)}
+        return {"step": self.step, "epoch": self.epoch, "loss": float(self._last)}
 
-    def _check_finite(self, bad: torch.Tensor, value: torch.Tensor) -> None:
-        if bool(bad):
+    def _run_epoch(self, log: RunLog, last_step: int) -> None:
+        """Micro-batches of the current epoch from ``self.micro`` on, until the epoch's last
+        whole accumulation cycle or ``last_step``; the loss is read only when logging."""
+        cfg = self.cfg
+        micro_per_epoch = self.steps_per_epoch * cfg.optim.grad_accum
+        self.loader.set_epoch(self.epoch, skip_batches=self.micro)
+        self.acc.step = 0  # accumulation cycles restart with the epoch (checkpoints sit on cycle ends)
+        window_start, window_samples = time.perf_counter(), 0
+        for batch in self.loader:
+            if self.micro >= micro_per_epoch:
+                break
+            value = self.train_step(batch)
+            self.micro += 1
+            self._bad |= ~torch.isfinite(value)
+            self._last = value
+            window_samples += cfg.data.batch_size * self.world
+            if not self.acc.sync_gradients:
+                continue
+            log.advance(self.step)
+            if self.step % cfg.logging.every_steps == 0 or self.step == last_step:
+                self._check_finite()
+                elapsed = time.perf_counter() - window_start
+                log.log(self._record(self._last, window_samples / max(elapsed, 1e-9)))
+                window_start, window_samples = time.perf_counter(), 0
+            if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0:
+                self._check_finite()
+                self.save()
+            if self.step >= last_step:
+                return
+
+    def _check_finite(self) -> None:
+        if bool(self._bad):
             raise NonFiniteLoss(
-                f"non-finite loss ({float(value)}) before step {self.step}; stopping. The last good "
+                f"non-finite loss ({float(self._last)}) before step {self.step}; stopping. The last good "
                 f"checkpoint in {self.ckpt_root} is intact: lower optim.lr, enable optim.grad_clip or "
                 "use precision.mixed=bf16 instead of fp16, then resume")
 

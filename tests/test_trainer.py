@@ -156,3 +156,15 @@ def test_key_encoder_moves_in_bf16(shards, tmp_path):
     q = dict(trainer.query.named_parameters())
     for n, p in trainer.key.named_parameters():
         assert (p - before[n]).abs().max() <= 9 * 1e-3 * (q[n].detach() - before[n]).abs().max() + 1e-6
+
+
+def test_gradient_accumulation_counts_optimizer_steps(shards, tmp_path):
+    cfg = recipe(shards, tmp_path / "accum", optim={"grad_accum": 2}, schedule={"epochs": 2},
+                 checkpoint={"every_epochs": 0})
+    trainer = Trainer(from_dict(cfg))
+    before = [p.detach().clone() for p in trainer.query.parameters()]
+    summary = trainer.fit()
+    assert trainer.steps_per_epoch == (SAMPLES // 8) // 2 and summary["step"] == 2 * trainer.steps_per_epoch
+    assert summary["epoch"] == 2 and trainer.micro == 0  # the odd 9th micro-batch is not carried over
+    assert np.isfinite(summary["loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.query.parameters()))
