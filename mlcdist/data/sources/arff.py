@@ -1,88 +1,151 @@
-"""Mulan ARFF (dense and sparse) to vector samples; labels are the attributes the XML names."""
+"""Mulan multi-label ARFF (dense or sparse) to vector samples.
+
+The dataset's XML (``<labels xmlns="http://mulan.sourceforge.net/labels"><label name="..."/>``,
+nesting allowed) names the label attributes; every other attribute is a feature. Classes keep
+the ARFF column order of the label attributes (as Mulan does); features become a float32
+vector in column order. Rows are dense (``v1,v2,...``) or sparse (``{index value, ...}``,
+absent entries are 0). ARFF quirks handled: ``%`` comments, case-insensitive ``@attribute`` /
+``@data``, quoted attribute names with spaces, ``numeric|real|integer|{0,1}`` types, quoted
+values. Missing values (``?``) and non-numeric features are errors naming the line.
+"""
 
 from __future__ import annotations
 
-import re
 import shlex
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from mlcdist.data.shards import EncodedSample, npy_bytes
+from mlcdist.data.shards import SampleSpec
+from mlcdist.data.sources.common import AnnotationError, Listing, label_tuples
 
 
 def read_label_names(xml_path: str | Path) -> list[str]:
-    """Label names in the order the Mulan XML lists them (namespaced or not)."""
+    """Label names listed by a Mulan XML file (namespaced or not), in document order."""
     try:
         root = ET.parse(xml_path).getroot()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{xml_path}: Mulan label XML not found; check --xml") from None
     except ET.ParseError as err:
-        raise ValueError(f"{xml_path}: malformed XML ({err})") from None
-    names = [el.attrib["name"] for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "label"]
-    if not names:
-        raise ValueError(f"{xml_path}: no <label name=...> entries; is this a Mulan label file?")
-    return names
+        raise AnnotationError(f"{xml_path}: malformed XML ({err})") from None
+    labels = [el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "label"]
+    for k, el in enumerate(labels):
+        if not el.get("name"):
+            raise AnnotationError(f"{xml_path}: <label> number {k + 1} has no name attribute")
+    if not labels:
+        raise AnnotationError(
+            f"{xml_path}: no <label name=...> entries; is this a Mulan label file?"
+        )
+    return [el.get("name") for el in labels]
 
 
-def _attribute_name(line: str, path: Path, lineno: int) -> str:
+def _attribute(line: str, path: Path, lineno: int) -> tuple[str, str]:
+    """``@attribute 'a name' numeric`` -> (name, type)."""
     try:
-        return shlex.split(line[len("@attribute"):].strip(), posix=True)[0]
+        parts = shlex.split(line[len("@attribute") :].strip(), posix=True)
+        return parts[0], " ".join(parts[1:]).lower()
     except (ValueError, IndexError):
-        raise ValueError(f"{path}:{lineno}: cannot parse attribute line {line.strip()!r}") from None
+        raise AnnotationError(f"{path}:{lineno}: cannot parse attribute line {line!r}") from None
 
 
-def read_arff(arff_path: str | Path, label_names: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Features (n x d float32), labels (n x L bool) and feature names of a Mulan ARFF file."""
-    path = Path(arff_path)
-    attributes: list[str] = []
-    rows: list[np.ndarray] = []
+def _value(token: str) -> float:
+    token = token.strip().strip("'\"")
+    if token == "?":
+        raise ValueError("missing value '?' is not supported")
+    return float(token)
+
+
+def _parse_row(line: str, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(column indices, values) of one dense or sparse data row."""
+    if line.startswith("{"):
+        body = line[1 : line.index("}")]
+        items = [item.split() for item in body.split(",") if item.strip()]
+        if any(len(item) != 2 for item in items):
+            raise ValueError("sparse entries must be 'index value'")
+        cols = np.asarray([int(i) for i, _ in items], dtype=np.int64)
+        if len(cols) and (cols.min() < 0 or cols.max() >= width):
+            raise ValueError(f"sparse index outside 0..{width - 1}")
+        return cols, np.asarray([_value(v) for _, v in items], dtype=np.float32)
+    values = line.split(",")
+    if len(values) != width:
+        raise ValueError(f"{len(values)} values for {width} attributes")
+    return np.arange(width), np.asarray([_value(v) for v in values], dtype=np.float32)
+
+
+def read_arff(path: str | Path) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """Attributes ``[(name, type)]`` and the full data matrix (n x attributes, float32)."""
+    path = Path(path)
+    attributes: list[tuple[str, str]] = []
+    rows, cols, vals = [], [], []
     in_data = False
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, raw in enumerate(f, start=1):
+    try:
+        handle = open(path, encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: ARFF file not found; check --arff") from None
+    with handle:
+        for lineno, raw in enumerate(handle, start=1):
             line = raw.strip()
             if not line or line.startswith("%"):
                 continue
             if not in_data:
                 lower = line.lower()
                 if lower.startswith("@attribute"):
-                    attributes.append(_attribute_name(line, path, lineno))
+                    attributes.append(_attribute(line, path, lineno))
                 elif lower.startswith("@data"):
                     in_data = True
                 continue
-            row = np.zeros(len(attributes), dtype=np.float32)
             try:
-                if line.startswith("{"):
-                    for item in line.strip("{}").split(","):
-                        if item.strip():
-                            index, value = item.split()
-                            row[int(index)] = float(value)
-                else:
-                    values = line.split(",")
-                    if len(values) != len(attributes):
-                        raise ValueError(f"{len(values)} values for {len(attributes)} attributes")
-                    row[:] = [float(v) for v in values]
+                c, v = _parse_row(line, len(attributes))
             except ValueError as err:
-                raise ValueError(f"{path}:{lineno}: malformed data row ({err})") from None
-            rows.append(row)
-    missing = [n for n in label_names if n not in attributes]
+                raise AnnotationError(f"{path}:{lineno}: malformed data row ({err})") from None
+            rows.append(np.full(len(c), len(rows), dtype=np.int64))
+            cols.append(c)
+            vals.append(v)
+    if not in_data:
+        raise AnnotationError(f"{path}: no @data section; is this an ARFF file?")
+    data = np.zeros((len(rows), len(attributes)), dtype=np.float32)
+    if rows:
+        data[np.concatenate(rows), np.concatenate(cols)] = np.concatenate(vals)
+    return attributes, data
+
+
+def list_arff(arff: str | Path, xml: str | Path) -> Listing:
+    """Vector samples of one Mulan ARFF split; see the module docstring."""
+    label_names = read_label_names(xml)
+    attributes, data = read_arff(arff)
+    names = [name for name, _ in attributes]
+    missing = [n for n in label_names if n not in names]
     if missing:
-        raise ValueError(f"{path}: label attributes {missing[:3]} from the XML are not in the ARFF header")
-    index = {n: i for i, n in enumerate(attributes)}
-    label_cols = [index[n] for n in label_names]
-    feature_cols = [i for i in range(len(attributes)) if i not in set(label_cols)]
-    data = np.stack(rows) if rows else np.zeros((0, len(attributes)), np.float32)
-    return data[:, feature_cols], data[:, label_cols] > 0.5, [attributes[i] for i in feature_cols]
-
-
-def arff_samples(arff_path: str | Path, xml_path: str | Path) -> tuple[Iterator[EncodedSample], list[str], int, int]:
-    """(samples, class names, feature width, count) for :func:`write_dataset`."""
-    names = read_label_names(xml_path)
-    features, labels, _ = read_arff(arff_path, names)
-    stem = Path(arff_path).name
-
-    def gen() -> Iterator[EncodedSample]:
-        for i in range(len(features)):
-            yield EncodedSample("npy", npy_bytes(features[i]), np.flatnonzero(labels[i]).tolist(), f"{stem}:{i}")
-
-    return gen(), names, features.shape[1], len(features)
+        raise AnnotationError(f"{xml}: label {missing[0]!r} is not an attribute of {arff}")
+    wanted = set(label_names)
+    label_cols = [i for i, n in enumerate(names) if n in wanted]
+    feature_cols = [i for i, n in enumerate(names) if n not in wanted]
+    for i in feature_cols:
+        kind = attributes[i][1]
+        if kind.split()[0] in ("string", "date", "relational"):
+            raise AnnotationError(
+                f"{arff}: feature attribute {names[i]!r} has type {kind!r}; only numeric features"
+            )
+    labels = data[:, label_cols]
+    bad = np.argwhere((labels != 0) & (labels != 1))
+    if len(bad):
+        r, c = bad[0]
+        raise AnnotationError(
+            f"{arff}: data row {r + 1}, label {names[label_cols[c]]!r} is {labels[r, c]}, "
+            "expected 0 or 1"
+        )
+    features = np.ascontiguousarray(data[:, feature_cols])
+    stem = Path(arff).name
+    specs = [
+        SampleSpec(source=f"{stem}#{i}", labels=y, vector=features[i])
+        for i, y in enumerate(label_tuples(labels == 1))
+    ]
+    source = {"kind": "arff", "arff": str(arff), "xml": str(xml)}
+    return Listing(
+        [names[i] for i in label_cols],
+        specs,
+        source,
+        modality="vector",
+        feature_dim=len(feature_cols),
+    )
