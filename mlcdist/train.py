@@ -12,7 +12,6 @@ newest checkpoint when started again with the same recipe (``checkpoint.resume: 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path

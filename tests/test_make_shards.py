@@ -20,9 +20,9 @@ from mlcdist.data.shards import (
     PROGRESS_NAME,
     SampleSpec,
     parse_size,
-    verify,
     write_shards,
 )
+from mlcdist.data.verify import verify
 from tools.make_shards import main
 
 MULAN = Path(__file__).resolve().parents[2] / "shared" / "data" / "mulan"
