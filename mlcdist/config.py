@@ -213,9 +213,14 @@ class LoggingConfig:
 @dataclass
 class EvalConfig:
     """Linear probe / finetune / transfer settings (paper defaults: Adam, probe lr 0.01,
-    finetune lr 1e-4 with backbone at ``backbone_lr``, reduce-on-plateau x0.1)."""
+    finetune lr 1e-4 with backbone at ``backbone_lr``, reduce-on-plateau x0.1).
+
+    ``transfer``: evaluate on another dataset than the pretraining one (``data.*`` must name
+    its shards; its class count may differ from the checkpoint's). See ``docs/eval.md``.
+    """
 
     mode: Literal["linear", "finetune"] = "linear"
+    transfer: bool = False
     epochs: int = 100
     lr: float = 0.01
     backbone_lr: float = 1e-4

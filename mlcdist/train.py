@@ -145,7 +145,7 @@ class Trainer:
     def train_step(self, batch: dict) -> torch.Tensor:
         cfg = self.cfg
         device = self.acc.device
-        if cfg.augment.device == "gpu" and "jpeg" in batch:  # raw JPEGs: decode + two views on the device
+        if cfg.augment.device == "gpu" and "jpeg" in batch:  # raw JPEGs: decode + views on device
             from mlcdist.data.gpu_augment import device_views
             from mlcdist.data.plan import mix_seed
 

@@ -10,6 +10,9 @@ Usage::
 Batches (built inside the workers; ``B`` = ``data.batch_size``, ``C`` classes)::
 
     pretrain: {"views": (B x ..., B x ...), "labels": B x C float32, "index": B int64}
+    pretrain, images, augment.device=gpu: {"jpeg": all JPEG bytes concatenated (uint8),
+              "jpeg_sizes": B int64, "labels", "index"}: undecoded; the trainer decodes and draws
+              the views on the device (``gpu_augment.device_views``)
     eval:     {"input": B x ..., "labels": B x C, "index": B, "valid": B bool}
 
 Worker ``w`` reads one contiguous slice of its rank's share (see ``plan.py``), so with several
@@ -46,6 +49,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
 from mlcdist.config import AugmentConfig, DataConfig
 from mlcdist.data import augment as aug
+from mlcdist.data import gpu_augment
 from mlcdist.data.info import DatasetInfo, join_url, load_dataset_info
 from mlcdist.data.plan import PlanMode, batches_per_rank, mix_seed, plan_worker
 
@@ -160,6 +164,8 @@ class ShardStream(IterableDataset):
         self.workers = max(1, data.num_workers)
         self.epoch, self.skip_batches = 0, 0
         self.transform = (aug.pretrain_image_transform if mode == "pretrain" else aug.eval_image_transform)(augment)
+        # augment.device=gpu: pretrain image batches stay undecoded JPEG bytes (see module docstring)
+        self.raw_jpeg = mode == "pretrain" and info.modality == "image" and augment.device == "gpu"
         self.batches = batches_per_rank(sum(shards.sizes), world_size, data.batch_size, self.plan_mode)
         if self.batches == 0:
             raise ValueError(f"{info.root}: {sum(shards.sizes)} samples give no full batch of "
@@ -216,7 +222,9 @@ class ShardStream(IterableDataset):
             if not isinstance(labels, list) or any(
                     not isinstance(j, int) or not 0 <= j < self.info.num_classes for j in labels):
                 raise ValueError(f"labels {labels} are not class indices in 0..{self.info.num_classes - 1}")
-            if self.info.modality == "image":
+            if self.raw_jpeg:
+                payload = gpu_augment.jpeg_payload(sample["jpg"])
+            elif self.info.modality == "image":
                 payload = aug.decode_image(sample["jpg"], aug.draft_side(self.augment, self.mode == "pretrain"))
             else:
                 payload = np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
@@ -250,8 +258,11 @@ class ShardStream(IterableDataset):
             source = good + [good[h % len(good)] for h in range(len(holes))]
             salt = torch.tensor([0] * len(good) + [1 + h // len(good) for h in range(len(holes))])
             index = torch.tensor([chunk[k][0] for k in source], dtype=torch.int64)
-            views = self._views([decoded[k][0] for k in source], index, salt, 2)
             labels = multi_hot([decoded[k][1] for k in source], self.info.num_classes)
+            if self.raw_jpeg:
+                jpeg, sizes = gpu_augment.pack_jpegs([decoded[k][0] for k in source])
+                return {"jpeg": jpeg, "jpeg_sizes": sizes, "labels": labels, "index": index, "skipped": skipped}
+            views = self._views([decoded[k][0] for k in source], index, salt, 2)
             return {"views": views, "labels": labels, "index": index, "skipped": skipped}
         valid = torch.tensor([d is not None for d in decoded])
         index = torch.tensor([i for i, _ in chunk], dtype=torch.int64)

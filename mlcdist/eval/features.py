@@ -1,0 +1,249 @@
+"""Checkpoints in, frozen backbone features out: resolve, rebuild, check, extract, gather, cache.
+
+A pretraining checkpoint (``mlcdist/train.py``) is ``RUN/checkpoints/step-NNNNNNNN/state.pt``
+holding the query encoder's full state dict (``backbone.*`` + ``head.*``, or ``classifier.*``
+for the BCE baseline) and the resolved recipe. Evaluation keeps ``backbone.*`` only: the
+projection head (or the baseline's classifier) is dropped, as in the paper.
+
+Distributed extraction. Rank ``r`` of ``R`` reads its eval-mode batches (``make_loader(...,
+mode="eval")``: every rank yields the same number of batches ``b`` of size ``B``, padded with
+``valid=False`` rows carrying ``index=-1``), so the per-rank outputs are equal-sized
+``b*B``-row blocks and an all-gather gives ``R*b*B`` rows. Dropping the invalid rows and
+sorting by the global ``index`` yields the dataset order, i.e. exactly the rows one process
+produces (up to float rounding of different batch compositions; eval-mode BN is per sample).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ContextManager, Optional
+
+import torch
+from torch import Tensor, nn
+
+from mlcdist.checkpoint import LATEST
+from mlcdist.parallel import all_gather_rows, all_reduce_sum, world
+
+BACKBONE_PREFIX = "backbone."
+REQUIRED_KEYS = ("model", "config", "num_classes", "feature_dim", "arch", "loss")
+
+
+class EvalInputError(ValueError):
+    """A checkpoint, recipe or data problem, phrased with the file involved and the fix."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Checkpoint:
+    """What evaluation needs from a ``state.pt``: the recipe, the data shape and the backbone."""
+
+    path: Path  # the state.pt file
+    recipe: dict  # the resolved pretraining recipe as plain data
+    num_classes: int
+    feature_dim: Optional[int]
+    arch: str
+    loss: str
+    backbone_state: dict[str, Tensor]
+
+    @property
+    def run_dir(self) -> Path:
+        """``RUN`` for ``RUN/checkpoints/step-N/state.pt``; else the folder holding the file."""
+        step_dir = self.path.parent
+        if step_dir.parent.name == "checkpoints":
+            return step_dir.parent.parent
+        return step_dir
+
+
+def resolve_checkpoint(location: str | Path) -> Path:
+    """A ``state.pt`` file, a ``step-N`` folder, a ``checkpoints`` folder or a run folder (the
+    latter two through their ``latest`` pointer, else the newest ``step-*``) -> the state.pt."""
+    path = Path(location)
+    if path.is_file():
+        return path
+    if (path / "state.pt").is_file():
+        return path / "state.pt"
+    for root in (path, path / "checkpoints"):
+        pointer = root / LATEST
+        if pointer.is_file():
+            named = root / pointer.read_text().strip() / "state.pt"
+            if named.is_file():
+                return named
+            raise EvalInputError(f"{pointer} names {named.parent}, which holds no state.pt; "
+                                 "pass a step-NNNNNNNN folder explicitly")
+        steps = sorted(p for p in root.glob("step-*") if (p / "state.pt").is_file())
+        if steps:
+            return steps[-1] / "state.pt"
+    raise EvalInputError(
+        f"{location}: no checkpoint found; pass a run folder, RUN/checkpoints, "
+        "RUN/checkpoints/step-NNNNNNNN or its state.pt (written by python -m mlcdist.train), "
+        "or 'random' for a randomly initialised encoder")
+
+
+def load_checkpoint(location: str | Path) -> Checkpoint:
+    """Read a trainer checkpoint (``torch.load(weights_only=True)``) and keep the backbone."""
+    import yaml
+
+    path = resolve_checkpoint(location)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise EvalInputError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: "
+                             f"{err}); pass a state.pt written by python -m mlcdist.train") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise EvalInputError(f"{path}: not an mlcdist pretraining checkpoint (missing {missing}); "
+                             "pass a state.pt written by python -m mlcdist.train")
+    backbone = {k[len(BACKBONE_PREFIX):]: v for k, v in state["model"].items()
+                if k.startswith(BACKBONE_PREFIX)}
+    if not backbone:
+        raise EvalInputError(f"{path}: the model state holds no backbone.* weights")
+    return Checkpoint(path=path, recipe=yaml.safe_load(state["config"]) or {},
+                      num_classes=int(state["num_classes"]),
+                      feature_dim=None if state["feature_dim"] is None else int(state["feature_dim"]),
+                      arch=str(state["arch"]), loss=str(state["loss"]), backbone_state=backbone)
+
+
+def load_backbone_state(backbone: nn.Module, ckpt: Checkpoint, arch: str) -> None:
+    """Strict load; a mismatch names the checkpoint's and the model's architecture and keys."""
+    own = backbone.state_dict()
+    state = ckpt.backbone_state
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(f"{k} (checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)})"
+                    for k in set(own) & set(state) if state[k].shape != own[k].shape)
+    if missing or unexpected or shapes:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:4]) + (f" ... (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+
+        parts = [f"{label}: {show(keys)}" for label, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("shape", shapes)) if keys]
+        raise EvalInputError(
+            f"{ckpt.path}: holds a {ckpt.arch} backbone that does not fit the {arch} model built "
+            f"for evaluation ({'; '.join(parts)}); do not override model.* for a checkpoint")
+    backbone.load_state_dict(state)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation split carved from train
+# ---------------------------------------------------------------------------------------------
+
+
+def carve_validation(num_samples: int, fraction: float, seed: int) -> Tensor:
+    """Bool mask over dataset indices ``0..N-1``: ``max(1, round(f*N))`` of them (a seeded
+    random subset, capped at ``N-1``) form the validation split, the rest stay in train."""
+    if num_samples < 2:
+        raise EvalInputError(f"cannot carve a validation split from {num_samples} sample(s)")
+    count = min(num_samples - 1, max(1, round(fraction * num_samples)))
+    perm = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))
+    mask = torch.zeros(num_samples, dtype=torch.bool)
+    mask[perm[:count]] = True
+    return mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Extraction and gathering
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FeatureSet:
+    """Rows in dataset order: ``features`` N x D float32, ``labels`` N x C, ``index`` N."""
+
+    features: Tensor
+    labels: Tensor
+    index: Tensor
+
+    def subset(self, rows: Tensor) -> "FeatureSet":
+        return FeatureSet(self.features[rows], self.labels[rows], self.index[rows])
+
+
+@torch.no_grad()
+def collect(loader, fn: Callable[[Tensor], tuple[Tensor, ...]], device: torch.device,
+            autocast: Callable[[], ContextManager] = nullcontext) -> tuple[list[Tensor], Tensor, Tensor]:
+    """Run ``fn`` over every eval batch of every rank; returns ``(outputs, labels, index)``
+    gathered from all ranks, invalid rows dropped, sorted by global index (module docstring).
+    Collective: every rank must call it with its own loader."""
+    outs: list[list[Tensor]] = []
+    labels, index, valid = [], [], []
+    for batch in loader:
+        with autocast():
+            result = fn(batch["input"].to(device, non_blocking=True))
+        outs.append([r.float().cpu() for r in result])
+        labels.append(batch["labels"])
+        index.append(batch["index"])
+        valid.append(batch["valid"])
+    # gloo and NCCL both gather int64; bool is not supported everywhere
+    _, size = world()
+    gather_device = device if size > 1 else torch.device("cpu")
+
+    def gathered(parts: list[Tensor]) -> Tensor:
+        return all_gather_rows(torch.cat(parts).to(gather_device)).cpu()
+
+    keep = gathered([v.to(torch.int64) for v in valid]).bool()
+    order_index = gathered(index)[keep]
+    order = torch.argsort(order_index)
+    columns = [gathered([o[k] for o in outs])[keep][order] for k in range(len(outs[0]))]
+    return columns, gathered(labels)[keep][order], order_index[order]
+
+
+def extract_features(backbone: nn.Module, loader, device: torch.device,
+                     autocast: Callable[[], ContextManager] = nullcontext) -> FeatureSet:
+    """Backbone features ``h(x)`` of a split, in eval mode, dataset order (collective)."""
+    backbone.eval()
+    (features,), labels, index = collect(loader, lambda x: (backbone(x),), device, autocast)
+    return FeatureSet(features, labels, index)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache
+# ---------------------------------------------------------------------------------------------
+
+
+def cache_key(checkpoint: Optional[Path], split_location: str, settings: dict) -> str:
+    """Hash of the checkpoint file (path, mtime, size; ``None`` for a random encoder), the split
+    and the settings that change the features (image size, seed of a random init...)."""
+    ident: dict = {"split": os.path.abspath(split_location) if "://" not in split_location
+                   else split_location, **settings}
+    if checkpoint is not None:
+        st = checkpoint.stat()
+        ident["checkpoint"] = [str(checkpoint.resolve()), st.st_mtime_ns, st.st_size]
+    return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_features(features: FeatureSet, path: Path) -> None:
+    """Tensors only, written atomically (a crash never leaves a half file under the name)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial")
+    torch.save({"features": features.features, "labels": features.labels, "index": features.index}, tmp)
+    os.replace(tmp, path)
+
+
+def load_features(path: Path) -> FeatureSet:
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    return FeatureSet(data["features"], data["labels"], data["index"])
+
+
+def cached_features(path: Optional[Path], compute: Callable[[], FeatureSet], *,
+                    device: torch.device) -> tuple[FeatureSet, bool]:
+    """``(features, hit)``: load ``path`` when rank 0 has it, else ``compute()`` on every rank
+    (collective) and save on rank 0. Rank 0's view decides, so all ranks take the same branch
+    even on node-local disks; non-zero ranks then get an empty set (they never probe)."""
+    rank, _ = world()
+    have = torch.tensor(int(rank == 0 and path is not None and path.is_file()), device=device)
+    if bool(all_reduce_sum(have) > 0):
+        if rank == 0:
+            return load_features(path), True
+        return FeatureSet(torch.empty(0), torch.empty(0), torch.empty(0, dtype=torch.int64)), True
+    features = compute()
+    if rank == 0 and path is not None:
+        save_features(features, path)
+    return features, False
