@@ -331,6 +331,8 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
         raise fail()
     if origin is Literal:
         choices = typing.get_args(tp)
+        if value is False and "no" in choices:  # YAML 1.1 reads a bare `no` as false
+            value = "no"
         if value not in choices:
             near = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""

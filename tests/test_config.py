@@ -109,3 +109,8 @@ def test_every_shipped_recipe_loads():
     assert recipes, "no recipes shipped"
     for path in recipes:
         load_recipe(path)
+
+
+def test_bare_no_override_means_no(tmp_path):
+    path = write(tmp_path / "x.yaml", "name: x\n")
+    assert load_recipe(path, ["precision.mixed=no"]).precision.mixed == "no"
