@@ -49,9 +49,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def staging_path(root: Path, step: int) -> Path:
+    """Where checkpoint ``step`` is assembled before :func:`publish` renames it into place."""
+    return root / f".tmp-{checkpoint_name(step)}"
+
+
 def staging_dir(root: Path, step: int) -> Path:
     """A fresh temporary folder for checkpoint ``step`` (call on rank 0, then barrier)."""
-    tmp = root / f".tmp-{checkpoint_name(step)}"
+    tmp = staging_path(root, step)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -69,7 +74,7 @@ def publish(root: Path, step: int, keep_last: int) -> Path:
     final = root / checkpoint_name(step)
     if final.exists():
         shutil.rmtree(final)
-    os.replace(root / f".tmp-{checkpoint_name(step)}", final)
+    os.replace(staging_path(root, step), final)
     pointer = root / f".{LATEST}.partial"
     pointer.write_text(final.name + "\n")
     os.replace(pointer, root / LATEST)

@@ -98,9 +98,9 @@ class Trainer:
         key_state = full_state_dict(self.acc, self.strategy, self.key) if self.contrastive else {}
         optim_state = full_optimizer_state(self.strategy, self.query, self.optimizer)
         if self.acc.is_main_process:
-            tmp = ckpt.staging_dir(self.ckpt_root, self.step)
+            ckpt.staging_dir(self.ckpt_root, self.step)
         self.acc.wait_for_everyone()
-        tmp = self.ckpt_root / f".tmp-{ckpt.checkpoint_name(self.step)}"
+        tmp = ckpt.staging_path(self.ckpt_root, self.step)
         if self.strategy == Strategy.DEEPSPEED:
             self.query.save_checkpoint(str(tmp / "deepspeed"), tag="engine")
         ckpt.save_file(ckpt.rng_state(), tmp / f"rng-rank{self.rank}.pt")
