@@ -9,8 +9,11 @@ setup:
 	$(PYTHON) -m pip install -q -e '.[dev]'
 
 demo: setup
-	$(PYTHON) -m tools.make_shards digits --out shards/digits
+	$(PYTHON) -m tools.make_shards digits --vectors --out shards/digits-vec
 	$(PYTHON) -m mlcdist.train recipes/demo.yaml
+	$(PYTHON) -m mlcdist.eval runs/demo --recipe recipes/eval/demo.yaml
+	$(PYTHON) -m mlcdist.eval runs/demo --recipe recipes/eval/demo.yaml --random-init
+	$(PYTHON) -m mlcdist.eval compare runs/demo/eval/linear runs/demo/eval/linear-random
 
 test: setup
 	$(PYTHON) -m pytest -q

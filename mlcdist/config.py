@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
+
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ConfigError(ValueError):
@@ -87,7 +90,8 @@ class ModelConfig:
 
     ``arch``: torchvision ``resnet18``/``resnet50``/``vit_b_16`` or the paper's ``mlp`` for
     vectors (``mlp_dims`` hidden widths, each linear-ReLU-dropout). ``head_dims`` are the
-    projection head widths after the backbone (paper, ResNet-50: 2048 -> 1024 -> 256).
+    projection head widths after the backbone (paper, ResNet-50: 2048 -> 1024 -> 256);
+    ``head_bn`` puts BatchNorm after each hidden head layer, as the authors' code does.
     ``key_bn`` chooses how batch norm is handled across ranks: ``shuffle`` (MoCo shuffle-BN:
     the key encoder normalises a random cross-rank group, hiding the query's own batch) or
     ``sync`` (SyncBatchNorm in both encoders: global statistics, so N processes equal one).
@@ -98,6 +102,7 @@ class ModelConfig:
     mlp_dims: list[int] = field(default_factory=lambda: [256, 256, 256])
     dropout: float = 0.1
     head_dims: list[int] = field(default_factory=lambda: [1024, 256])
+    head_bn: bool = True
     momentum: float = 0.999
     momentum_schedule: Literal["constant", "cosine"] = "constant"
     key_bn: Literal["shuffle", "sync"] = "shuffle"
@@ -358,6 +363,8 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
             raise fail()
         return value
     if tp is float:
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads "2e-4" (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise fail()
         return float(value)

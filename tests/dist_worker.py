@@ -50,7 +50,8 @@ def main() -> None:
                        class_names=[str(i) for i in range(CLASSES)], class_counts=[0] * CLASSES,
                        num_samples=GLOBAL_BATCH * STEPS, label_cardinality=2.0, shards=[], feature_dim=DIM)
     data: dict = {
-        "model": {"arch": "mlp", "mlp_dims": [16, 16], "dropout": 0.0, "head_dims": [16, 8], "momentum": 0.9},
+        "model": {"arch": "mlp", "mlp_dims": [16, 16], "dropout": 0.0, "head_dims": [16, 8], "head_bn": False,
+                  "momentum": 0.9},  # head BN: per-rank statistics differ from one process
         "loss": {"kind": "mulsupcon", "temperature": 0.2},
         "queue": {"size": 12},
         "optim": {"name": "sgd", "lr": 0.5, "momentum": 0.9, "weight_decay": 0.0},

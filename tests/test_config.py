@@ -114,3 +114,12 @@ def test_every_shipped_recipe_loads():
 def test_bare_no_override_means_no(tmp_path):
     path = write(tmp_path / "x.yaml", "name: x\n")
     assert load_recipe(path, ["precision.mixed=no"]).precision.mixed == "no"
+
+
+def test_exponent_floats_without_a_dot(tmp_path):
+    # YAML 1.1 reads 2e-4 as a string; users write it that way in recipes and overrides.
+    path = write(tmp_path / "x.yaml", "optim:\n  lr: 3e-4\n")
+    assert load_recipe(path).optim.lr == 3e-4
+    assert load_recipe(path, ["optim.lr=2E-5"]).optim.lr == 2e-5
+    with pytest.raises(ConfigError, match=r"optim.lr: expected float, got 'e-4'"):
+        load_recipe(path, ["optim.lr=e-4"])

@@ -206,7 +206,7 @@ def test_shards_digits_demo_set(tmp_path):
         500,
         [str(d) for d in range(10)],
     )
-    assert 3.0 < train.label_cardinality < 4.0 and min(train.class_counts) > 0
+    assert 1.5 < train.label_cardinality < 2.1 and min(train.class_counts) > 0
     digits = load_digits()
     scaled = np.rint(digits.images * (255.0 / 16.0)).reshape(len(digits.images), -1)
     from PIL import Image
@@ -227,6 +227,8 @@ def test_shards_digits_demo_set(tmp_path):
                     tile = image[
                         r * 32 + 2 : (r + 1) * 32 : 4, c * 32 + 2 : (c + 1) * 32 : 4
                     ].reshape(-1)
+                    if tile.max() < 32:  # a blank tile (no digit drawn there)
+                        continue
                     best = int(np.argmin(np.abs(scaled - tile).mean(axis=1)))
                     found.add(int(digits.target[best]))
                     ids.add(best)

@@ -147,7 +147,7 @@ def small_contrastive(**kw) -> ContrastiveModel:
 
 
 def test_contrastive_model_query_and_key():
-    model = small_contrastive()
+    model = small_contrastive(head_bn=False)
     x = torch.randn(4, 8)
     z = model(x)
     assert z.shape == (4, 6) and z.dtype == torch.float32
@@ -163,6 +163,15 @@ def test_contrastive_model_query_and_key():
     k = model.encode_keys(x)
     assert not k.requires_grad
     torch.testing.assert_close(k, z.detach())
+
+
+def test_head_batch_norm_layout_and_why():
+    head = small_contrastive().query.head  # head_bn defaults to True (the authors' head)
+    kinds = [type(m) for m in head.layers]
+    assert kinds == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert head.layers[0].bias is None and head.layers[3].bias is not None  # BN makes it redundant
+    assert [type(m) for m in small_contrastive(head_bn=False).query.head.layers] == [
+        nn.Linear, nn.ReLU, nn.Linear]
 
 
 def test_supervised_model_and_factory_errors():

@@ -30,20 +30,25 @@ from mlcdist.models.backbones import build_backbone
 
 
 class ProjectionHead(nn.Module):
-    """g: Linear(in, h1) -> ReLU -> Linear(h1, h2) -> ... (no ReLU after the last layer).
+    """g: Linear(in, h1) -> [BN] -> ReLU -> Linear(h1, h2) -> ... (nothing after the last Linear).
 
-    Paper, ResNet-50: 2048 -> 1024 -> 256. Dropped after pretraining.
+    Paper, ResNet-50: 2048 -> 1024 -> 256. Dropped after pretraining. ``batch_norm`` follows
+    the authors' code (Linear-BN-ReLU-Dropout-Linear): each hidden layer is normalised over the
+    batch, as in SimCLR's and MoCo v3's heads. Its statistics are per rank (like the backbone's
+    BN), so N processes equal one process exactly only without it or with ``key_bn: sync``.
     """
 
-    def __init__(self, in_dim: int, widths: list[int]):
+    def __init__(self, in_dim: int, widths: list[int], *, batch_norm: bool = False):
         super().__init__()
         if not widths:
             raise ValueError("model.head_dims: needs at least one width, e.g. [1024, 256]")
         layers: list[nn.Module] = []
         for i, width in enumerate(widths):
             if i:
+                if batch_norm:
+                    layers.append(nn.BatchNorm1d(in_dim))
                 layers.append(nn.ReLU(inplace=True))
-            layers.append(nn.Linear(in_dim, width))
+            layers.append(nn.Linear(in_dim, width, bias=not (batch_norm and i < len(widths) - 1)))
             in_dim = width
         self.layers = nn.Sequential(*layers)
         self.out_dim = in_dim
@@ -59,10 +64,11 @@ class Encoder(nn.Module):
     pretraining (``encoder.backbone`` is what evaluation keeps).
     """
 
-    def __init__(self, backbone: nn.Module, width: int, head_dims: list[int]):
+    def __init__(self, backbone: nn.Module, width: int, head_dims: list[int], *,
+                 head_bn: bool = False):
         super().__init__()
         self.backbone = backbone
-        self.head = ProjectionHead(width, list(head_dims))
+        self.head = ProjectionHead(width, list(head_dims), batch_norm=head_bn)
         self.feature_dim = width
         self.embed_dim = self.head.out_dim
 
@@ -136,4 +142,4 @@ def build_model(cfg: ModelConfig, *, num_classes: int, in_dim: Optional[int] = N
             raise ValueError(
                 f"build_model: the BCE baseline needs num_classes > 0, got {num_classes}")
         return SupervisedModel(backbone, width, num_classes)
-    return ContrastiveModel(Encoder(backbone, width, list(cfg.head_dims)))
+    return ContrastiveModel(Encoder(backbone, width, list(cfg.head_dims), head_bn=cfg.head_bn))
