@@ -36,8 +36,9 @@ EXAMPLES = {
     "mirflickr": f"{CMD} mirflickr --images mirflickr \\\n"
     "      --annotations mirflickr25k_annotations_v080 --out shards/mirflickr/all",
     "manifest": f"{CMD} manifest --manifest my_data/train.csv --out shards/mine/train",
-    "arff": f"{CMD} arff --arff ../shared/data/mulan/yeast/yeast-train.arff \\\n"
-    "      --xml ../shared/data/mulan/yeast/yeast.xml --out shards/yeast/train",
+    "arff": f"{CMD} arff --arff ../shared/data/mulan/yeast/yeast-test.arff \\\n"
+    "      --xml ../shared/data/mulan/yeast/yeast.xml \\\n"
+    "      --standardize-with ../shared/data/mulan/yeast/yeast-train.arff --out shards/yeast/test",
     "digits": f"{CMD} digits --out shards/digits   # writes train/ and test/",
     "verify": f"{CMD} verify shards/coco/train",
 }
@@ -113,7 +114,8 @@ def cmd_digits(args: argparse.Namespace) -> int:
     from mlcdist.data.sources.digits import list_digits
 
     for split, count in (("train", args.train), ("test", args.test)):
-        listing = list_digits(split, count, size=args.size, seed=args.seed)
+        listing = list_digits(split, count, size=args.size, seed=args.seed, tile_prob=args.tile_prob,
+                              vectors=args.vectors)
         args.shorter_side = args.size  # synthetic mosaics are already at their final size
         convert(listing, Path(args.out) / split, args, f"digits-{split}")
     return 0
@@ -321,10 +323,19 @@ def build_parser() -> argparse.ArgumentParser:
         "arff",
         "Mulan ARFF (dense or sparse) to vector shards",
         "arff",
-        _one(_listing("arff", "list_arff", arff="arff", xml="xml")),
+        _one(_listing("arff", "list_arff", arff="arff", xml="xml",
+                      standardize_with="standardize_with")),
     )
     p.add_argument("--arff", required=True, help="NAME-train.arff or NAME-test.arff")
     p.add_argument("--xml", required=True, help="NAME.xml listing the label attributes")
+    p.add_argument(
+        "--standardize-with",
+        default=None,
+        metavar="TRAIN.arff",
+        help="standardise every feature with the mean/std of this TRAIN split (std 0 -> 1; "
+        "recorded in dataset.json as source.standardize); pass the same train file for the "
+        "train and the test split, as the MulSupCon authors' StandardScaler does",
+    )
     _common(p)
 
     p = add("digits", "built-in demo: 2x2 mosaics of scikit-learn digits", "digits", cmd_digits)
@@ -334,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--size", type=int, default=64, help="mosaic side in pixels, no further resize (default 64)"
     )
     p.add_argument("--seed", type=int, default=0, help="default 0")
+    p.add_argument("--tile-prob", type=float, default=0.45,
+                   help="chance each of the 4 tiles shows a digit, else black; at least one does "
+                        "(default 0.45: about 1.8 labels per mosaic)")
+    p.add_argument("--vectors", action="store_true",
+                   help="write each 16x16 mosaic as a 256-d vector of grey levels in [0, 1] "
+                        "(the vector demo, recipes/demo.yaml) instead of a JPEG")
     _common(p, out_help="writes OUT/train and OUT/test")
     p.set_defaults(max_samples_per_shard=500)
 

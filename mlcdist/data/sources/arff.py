@@ -7,12 +7,21 @@ vector in column order. Rows are dense (``v1,v2,...``) or sparse (``{index value
 absent entries are 0). ARFF quirks handled: ``%`` comments, case-insensitive ``@attribute`` /
 ``@data``, quoted attribute names with spaces, ``numeric|real|integer|{0,1}`` types, quoted
 values. Missing values (``?``) and non-numeric features are errors naming the line.
+
+Standardisation (``standardize_with``): the MulSupCon authors' code fits scikit-learn's
+``StandardScaler`` on the TRAIN split and applies it to every split; their MLP and its 50%
+input masking assume zero-mean, unit-variance features (yeast's raw features span very
+different scales, and masking a raw feature to 0 is not "no information"). The statistics come
+from the train file only, never from the split being converted, so the test split is scaled
+with train statistics (no test information leaks into the features). They are recorded in
+``dataset.json`` under ``source.standardize`` so a reader can undo or check the transform.
 """
 
 from __future__ import annotations
 
 import shlex
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -110,10 +119,30 @@ def read_arff(path: str | Path) -> tuple[list[tuple[str, str]], np.ndarray]:
     return attributes, data
 
 
-def list_arff(arff: str | Path, xml: str | Path) -> Listing:
-    """Vector samples of one Mulan ARFF split; see the module docstring."""
-    label_names = read_label_names(xml)
-    attributes, data = read_arff(arff)
+@dataclass(frozen=True)
+class Standardizer:
+    """Per-feature ``(x - mean) / std`` fitted on a train split (``std`` 0 replaced by 1, as
+    ``StandardScaler`` does, so a constant feature maps to 0 instead of dividing by zero)."""
+
+    mean: np.ndarray  # float64, one entry per feature
+    std: np.ndarray  # float64, population std (ddof 0, like StandardScaler), zeros -> 1
+    fitted_on: str
+    feature_names: tuple[str, ...]
+    num_rows: int
+
+    def apply(self, features: np.ndarray) -> np.ndarray:
+        """Standardised float32 copy of an ``N x D`` feature matrix (float64 arithmetic)."""
+        return ((features.astype(np.float64) - self.mean) / self.std).astype(np.float32)
+
+    def to_json(self) -> dict:
+        """What ``dataset.json`` records under ``source.standardize``."""
+        return {"fitted_on": self.fitted_on, "num_rows": self.num_rows, "ddof": 0,
+                "mean": self.mean.tolist(), "std": self.std.tolist()}
+
+
+def _split_columns(arff: str | Path, xml: str | Path, label_names: list[str],
+                   attributes: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
+    """(label columns, feature columns) of an ARFF; errors name the file and attribute."""
     names = [name for name, _ in attributes]
     missing = [n for n in label_names if n not in names]
     if missing:
@@ -127,6 +156,40 @@ def list_arff(arff: str | Path, xml: str | Path) -> Listing:
             raise AnnotationError(
                 f"{arff}: feature attribute {names[i]!r} has type {kind!r}; only numeric features"
             )
+    return label_cols, feature_cols
+
+
+def fit_standardizer(train_arff: str | Path, xml: str | Path) -> Standardizer:
+    """Mean and std of every feature of ``train_arff`` (the labels named by ``xml`` excluded)."""
+    label_names = read_label_names(xml)
+    try:
+        attributes, data = read_arff(train_arff)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{train_arff}: ARFF file not found; check --standardize-with (the train split, "
+            "e.g. yeast-train.arff)") from None
+    _, feature_cols = _split_columns(train_arff, xml, label_names, attributes)
+    if len(data) < 2:
+        raise AnnotationError(f"{train_arff}: {len(data)} data row(s); standardisation needs >= 2")
+    features = data[:, feature_cols].astype(np.float64)
+    std = features.std(axis=0)
+    return Standardizer(mean=features.mean(axis=0), std=np.where(std > 0, std, 1.0),
+                        fitted_on=str(train_arff),
+                        feature_names=tuple(attributes[i][0] for i in feature_cols),
+                        num_rows=len(data))
+
+
+def list_arff(arff: str | Path, xml: str | Path,
+              standardize_with: str | Path | None = None) -> Listing:
+    """Vector samples of one Mulan ARFF split; see the module docstring.
+
+    ``standardize_with``: a train ARFF whose per-feature mean/std standardise these features
+    (it may be ``arff`` itself); its feature attributes must equal this file's, in order.
+    """
+    label_names = read_label_names(xml)
+    attributes, data = read_arff(arff)
+    names = [name for name, _ in attributes]
+    label_cols, feature_cols = _split_columns(arff, xml, label_names, attributes)
     labels = data[:, label_cols]
     bad = np.argwhere((labels != 0) & (labels != 1))
     if len(bad):
@@ -136,12 +199,22 @@ def list_arff(arff: str | Path, xml: str | Path) -> Listing:
             "expected 0 or 1"
         )
     features = np.ascontiguousarray(data[:, feature_cols])
+    source: dict = {"kind": "arff", "arff": str(arff), "xml": str(xml)}
+    if standardize_with is not None:
+        scaler = fit_standardizer(standardize_with, xml)
+        feature_names = tuple(names[i] for i in feature_cols)
+        if scaler.feature_names != feature_names:
+            raise AnnotationError(
+                f"{standardize_with}: its feature attributes differ from {arff}'s "
+                f"({len(scaler.feature_names)} vs {len(feature_names)} features, or another order); "
+                "--standardize-with must name the train split of the same data set")
+        features = scaler.apply(features)
+        source["standardize"] = scaler.to_json()
     stem = Path(arff).name
     specs = [
         SampleSpec(source=f"{stem}#{i}", labels=y, vector=features[i])
         for i, y in enumerate(label_tuples(labels == 1))
     ]
-    source = {"kind": "arff", "arff": str(arff), "xml": str(xml)}
     return Listing(
         [names[i] for i in label_cols],
         specs,
