@@ -26,7 +26,7 @@ RUN useradd --create-home --uid 1000 --shell /bin/bash mlcdist \
 WORKDIR /opt/mlcdist
 # Only what the package build needs (tests, docs and data stay out; see .dockerignore).
 # pip keeps the image's torch (pyproject gives lower bounds only);
-# scikit-learn is for the digits demo (`python -m tools.make_shards digits`).
+# scikit-learn is for the digits demo (`python -m tools.make_shards digits --vectors`).
 COPY pyproject.toml README.md ./
 COPY mlcdist ./mlcdist
 COPY tools ./tools
