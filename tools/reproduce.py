@@ -156,16 +156,13 @@ def load_vectors(location: Path) -> tuple[Tensor, Tensor, list[str], str]:
     read through the eval pipeline (every sample once, in dataset order)."""
     from mlcdist.config import AugmentConfig, DataConfig
     from mlcdist.data.pipeline import make_loader
+    from mlcdist.eval.features import collect
 
     loader = make_loader(str(location), DataConfig(batch_size=512, num_workers=0),
                          AugmentConfig(), mode="eval", rank=0, world_size=1)
     if loader.info.modality != "vector":
         raise ReproduceError(f"{location}: holds {loader.info.modality} data; expected vectors")
-    batches = list(loader)
-    valid = torch.cat([b["valid"] for b in batches])
-    order = torch.argsort(torch.cat([b["index"] for b in batches])[valid])
-    x = torch.cat([b["input"] for b in batches])[valid][order].contiguous()
-    y = torch.cat([b["labels"] for b in batches])[valid][order].contiguous()
+    (x,), y, _ = collect(loader, lambda batch: (batch,), torch.device("cpu"))
     digest = hashlib.sha256((location / "dataset.json").read_bytes()).hexdigest()
     return x, y, list(loader.info.class_names), digest
 
