@@ -49,7 +49,12 @@ def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1):
 
     cpu = use_cpu()
     if cpu and mixed_precision == "fp16":
-        raise ValueError("precision.mixed: fp16 needs a CUDA device; use bf16 or 'no' on CPU")
+        # torch can autocast to fp16 on CPU, but Accelerate then neither autocasts nor scales
+        # the loss, so a run would silently train in fp32: refuse it before any step.
+        from mlcdist.config import ConfigError
+
+        raise ConfigError("precision.mixed: fp16 needs a CUDA device (Accelerate has no fp16 "
+                          "autocast or loss scaler on CPU); use precision.mixed=bf16 or no")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     handlers = [InitProcessGroupKwargs(backend="gloo")] if cpu and distributed else []
     # DeepSpeed is initialised by `wrap` itself (Accelerate's plugin needs transformers and
@@ -85,6 +90,9 @@ def zero_stage(accelerator=None) -> int:
     return int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))
 
 
+DS_AUTOCAST_DTYPE = {"bf16": "bfloat16", "fp16": "float16"}
+
+
 def deepspeed_config(mixed_precision: str, micro_batch: int, grad_accum: int,
                      grad_clip: Optional[float]) -> dict:
     """The engine config, from the Accelerate config's environment and the recipe."""
@@ -100,8 +108,12 @@ def deepspeed_config(mixed_precision: str, micro_batch: int, grad_accum: int,
         "gradient_accumulation_steps": grad_accum,
         "gradient_clipping": grad_clip or 0.0,
         "zero_optimization": zero,
-        "bf16": {"enabled": mixed_precision == "bf16"},
-        "fp16": {"enabled": mixed_precision == "fp16"},
+        # No "bf16"/"fp16" sections: those cast the whole module, BatchNorm statistics and
+        # affine parameters included, to 16 bits. "torch_autocast" keeps every parameter in
+        # fp32 and autocasts the engine's forward (BatchNorm stays fp32, as under DDP), reduces
+        # Linear/Conv gradients in 16 bits, and for fp16 drives a torch GradScaler (loss scaling).
+        **({"torch_autocast": {"enabled": True, "dtype": DS_AUTOCAST_DTYPE[mixed_precision]}}
+           if mixed_precision in DS_AUTOCAST_DTYPE else {}),
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**31 - 1,
     }
@@ -113,16 +125,35 @@ def deepspeed_config(mixed_precision: str, micro_batch: int, grad_accum: int,
 
 
 def _fsdp2_shard(module: nn.Module, mixed_precision: str) -> nn.Module:
+    """``fully_shard`` per block and the root; under bf16 the blocks' parameters are cast to
+    bf16 for compute, except BatchNorm's.
+
+    BatchNorm keeps fp32 affine parameters (and its fp32 running statistics): each BN module
+    becomes its own FSDP unit with an fp32 policy (inputs cast to fp32 on entry), as in
+    pytorch/torchtitan#674. A bf16 weight next to fp32 running buffers is what made
+    ``batch_norm`` fail with "expected scalar type BFloat16 but found Float". fp16 shards in
+    fp32 and relies on autocast plus Accelerate's loss scaler, so BN is fp32 there too.
+    """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(
         param_dtype=torch.bfloat16 if mixed_precision == "bf16" else None,
         reduce_dtype=torch.float32,
     )
+    if mixed_precision == "bf16":
+        fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
+        for norm in batch_norms(module):
+            fully_shard(norm, mp_policy=fp32)
     for block in shard_units(module):
         fully_shard(block, mp_policy=policy)
     fully_shard(module, mp_policy=policy)
     return module
+
+
+def batch_norms(module: nn.Module) -> list[nn.Module]:
+    """Every BatchNorm (and SyncBatchNorm) with parameters, in module order."""
+    return [m for m in module.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and any(True for _ in m.parameters())]
 
 
 def shard_units(module: nn.Module) -> list[nn.Module]:
@@ -150,6 +181,11 @@ def wrap(accelerator, strategy: Strategy, query: nn.Module, key: nn.Module,
     """
     device = accelerator.device
     if sync_bn and accelerator.num_processes > 1:
+        if device.type == "cpu":
+            from mlcdist.config import ConfigError
+
+            raise ConfigError("model.key_bn: sync needs CUDA (SyncBatchNorm has no CPU kernel); "
+                              "use model.key_bn=shuffle on CPU")
         query = nn.SyncBatchNorm.convert_sync_batchnorm(query)
         key = nn.SyncBatchNorm.convert_sync_batchnorm(key)
     memory_format = torch.channels_last if channels_last else torch.preserve_format

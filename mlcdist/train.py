@@ -281,7 +281,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
-    trainer = Trainer(cfg)
+    try:
+        trainer = Trainer(cfg)
+    except ConfigError as err:  # a setting this machine or backend cannot run, before step 1
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         summary = trainer.fit()
     except NonFiniteLoss as err:
