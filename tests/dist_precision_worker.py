@@ -8,7 +8,9 @@ One launch loops over several combinations (process start and DeepSpeed init dom
 with a fresh Trainer on the image recipe's model: torchvision ResNet-18 (BatchNorm backbone)
 or ``vit``: a small torchvision ViT (2 blocks, width 64) standing in for ``vit_b_16``
 (``resnet50`` and the real ``vit_b_16`` are accepted too, for a GPU), all with the BN
-projection head (``head_bn: true``), shuffle-BN keys, momentum encoder and queue, at 64 px (32 px makes ResNet-18's last stage 1 x 1, whose BN over 4 samples turns bf16 rounding into 14% feature differences).
+projection head (``head_bn: true``), shuffle-BN keys, momentum encoder and queue, at 64 px
+(at 32 px ResNet-18's last stage is 1 x 1 and its BN over 4 samples turns bf16 rounding into
+a 14% feature difference). ``PRECISION_SIZE`` / ``PRECISION_LR`` change size and SGD lr.
 Every rank takes its slice of the same fixed global batches. Rank 0 saves, per combination,
 the step losses, the full query/key weights and the wall time; a combination that raises is
 recorded as an error (the matrix goes on) so the test can name it.
