@@ -42,13 +42,14 @@ part() {  # part NAME TIMEOUT_S CMD...: runs, logs to $WORK/NAME.log, records rc
 if [[ $TINY == 1 ]]; then
   export ACCELERATE_USE_CPU=true OMP_NUM_THREADS=1
   MATRIX_ARGS=(--nproc 1 --backends ddp,fsdp2,zero2 --combos resnet18:no,resnet18:bf16,vit:bf16)
-  DEMO_STEPS=3; DEMO_LIMIT=300
+  DEMO_STEPS=3; DEMO_LIMIT=300; DEMO_EXTRA=(precision.mixed=no data.batch_size=16)  # CPU bf16 is slow
   STEP_ARGS=(--arch resnet18 --batch 4 --image-size 32 --steps 2 --warmup 1 --queue 64 --classes 12
              --make-shards 24)
 else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
   MATRIX_ARGS=(--nproc 1)  # every backend; resnet18, resnet50, vit x no, bf16, fp16 on CUDA
   DEMO_STEPS="${DEMO_STEPS:-3000}"; DEMO_LIMIT=75  # whichever comes first: ~1 minute of training
+  DEMO_EXTRA=(precision.mixed=bf16)
   STEP_ARGS=(--arch resnet50 --batch 128 --image-size 224 --steps 30 --warmup 10 --queue 65536
              --classes 365 --make-shards 5120)
 fi
@@ -60,7 +61,7 @@ part precision_matrix 180 "$PY" bench/precision_matrix.py "${MATRIX_ARGS[@]}" \
 # 2. the image demo for about a minute (shards made here from scikit-learn's bundled digits)
 part demo_shards 60 "$PY" -m tools.make_shards digits --out "$WORK/digits" --no-progress
 part demo_image "$DEMO_LIMIT" "$PY" -m mlcdist.train recipes/demo_image.yaml \
-  data.train="$WORK/digits/train" data.test="$WORK/digits/test" precision.mixed=bf16 \
+  data.train="$WORK/digits/train" data.test="$WORK/digits/test" "${DEMO_EXTRA[@]}" \
   schedule.max_steps="$DEMO_STEPS" logging.run_dir="$WORK/demo" logging.every_steps=20 \
   logging.progress=false
 

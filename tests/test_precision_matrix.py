@@ -87,3 +87,9 @@ def test_fp16_on_cpu_is_refused_at_start_up(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith("error: precision.mixed: fp16 needs a CUDA device")
     assert "Traceback" not in proc.stderr
+
+
+def test_gpu_check_script_parses():
+    """bench/gpu_check.sh is run only where a GPU is lent; it must at least be valid bash."""
+    proc = subprocess.run(["bash", "-n", str(REPO / "bench" / "gpu_check.sh")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
