@@ -8,6 +8,7 @@ or alone.
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -178,3 +179,18 @@ def test_second_signal_exits_at_once_and_handlers_are_restored(monkeypatch):
         stop._handle(signal.SIGINT, None)
         assert exits == [130]
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_without_a_terminal_every_logging_step_prints_a_plain_line(shards, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", shards, tmp_path / "run", batch_size=8)
+    cmd = [sys.executable, "-m", "mlcdist.train", str(recipe), "logging.progress=true",
+           "logging.every_steps=4", "schedule.epochs=1"]
+    proc = subprocess.run(cmd, env=env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("step ")]
+    # 9 steps: logged at 4, 8 and the last step
+    assert [line.split()[1] for line in lines] == ["4/9", "8/9", "9/9"], proc.stdout
+    pattern = r"step \d+/9 \(\d+%\) epoch 0 loss \d+\.\d{4} lr \S+ samples/s \d+\.\d ETA \d:\d\d:\d\d"
+    assert all(re.fullmatch(pattern, line) for line in lines), lines
+    assert lines[-1].endswith("ETA 0:00:00")
+    assert "━" not in proc.stderr  # no progress bar in a log file
