@@ -19,10 +19,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 T = TypeVar("T")
 
+# The one console of the trainer and eval (``mlcdist.runlog.console`` is this object): setting
+# ``console.quiet`` (tools/reproduce.py does) silences bars and plain lines alike.
+console = Console(stderr=True, soft_wrap=True)  # log files: no hard wraps at 80 columns
+
 
 def is_terminal() -> bool:
     """Whether progress bars can be drawn (rich's view of stderr, which also honours FORCE_TERMINAL)."""
-    return Console(stderr=True).is_terminal
+    return console.is_terminal
 
 
 def format_duration(seconds: float) -> str:
@@ -66,12 +70,12 @@ def track(items: Iterable[T], total: int, label: str, *, enabled: bool = True,
           lines: int = 10) -> Iterator[T]:
     """Yield ``items`` showing progress: a transient bar on a terminal, otherwise about
     ``lines`` plain lines (every ``ceil(total / lines)`` items and at the end)."""
-    if not enabled or total <= 0:
+    if not enabled or total <= 0 or console.quiet:
         yield from items
         return
     if is_terminal():
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
+                      TimeRemainingColumn(), console=console, transient=True) as bar:
             task = bar.add_task(label, total=total)
             for item in items:
                 yield item

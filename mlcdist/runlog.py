@@ -9,13 +9,10 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mlcdist.config import save_recipe
-from mlcdist.progress import eta_seconds, plain, step_line
-
-console = Console(stderr=True, soft_wrap=True)  # log files: no hard wraps at 80 columns
+from mlcdist.progress import console, eta_seconds, plain, step_line
 
 
 class RunLog:

@@ -190,7 +190,8 @@ def run_eval(args: argparse.Namespace) -> Optional[dict]:
                             {**settings, "dataset": info.to_json()})
             path = None if args.no_cache else out / "features" / f"{split}-{key}.pt"
             features[split], hit = cached_features(
-                path, lambda s=split: extract_features(backbone, loader(s), device, acc.autocast),
+                path, lambda s=split: extract_features(backbone, loader(s), device, acc.autocast,
+                                                          progress=f"features {s}"),
                 device=device)
             console.print(f"{split}: {len(features[split].index)} feature rows "
                           f"{'from cache ' if hit else ''}{path or ''}")
