@@ -65,8 +65,10 @@ class Trainer:
                             kind="contrastive" if self.contrastive else "supervised",
                             image_size=cfg.augment.image_size)
         if loader is None:
+            from mlcdist.data.cpus import cap_num_workers
             from mlcdist.data.pipeline import make_loader
 
+            cfg.data.num_workers = cap_num_workers(cfg.data.num_workers)  # recorded in config.yaml
             loader = make_loader(cfg.data.train, cfg.data, cfg.augment, mode="pretrain",
                                  rank=self.rank, world_size=self.world)
         self.loader = loader
