@@ -61,6 +61,11 @@ def step_line(record: dict, total: int, eta: float) -> str:
     return " ".join(parts)
 
 
+def length(items: object) -> int:
+    """``len(items)``, or 0 (no progress display) for iterables without a length."""
+    return len(items) if hasattr(items, "__len__") else 0
+
+
 def plain(text: str) -> None:
     """A plain progress line on stdout, flushed (log files see it at once)."""
     print(text, file=sys.stdout, flush=True)

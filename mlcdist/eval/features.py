@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from mlcdist.checkpoint import LATEST
 from mlcdist.parallel import all_gather_rows, all_reduce_sum, world
-from mlcdist.progress import track
+from mlcdist.progress import length, track
 
 BACKBONE_PREFIX = "backbone."
 REQUIRED_KEYS = ("model", "config", "num_classes", "feature_dim", "arch", "loss")
@@ -178,7 +178,7 @@ def collect(loader, fn: Callable[[Tensor], tuple[Tensor, ...]], device: torch.de
     outs: list[list[Tensor]] = []
     labels, index, valid = [], [], []
     show = progress is not None and world()[0] == 0
-    batches = track(loader, len(loader) if show else 0, progress or "", enabled=show)
+    batches = track(loader, length(loader) if show else 0, progress or "", enabled=show)
     for batch in batches:
         with autocast():
             result = fn(batch["input"].to(device, non_blocking=True))
