@@ -241,7 +241,7 @@ class Trainer:
             if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0:
                 self._check_finite()
                 self.save()
-            if self._stop is not None:
+            if self._stop is not None and self.step < self.total_steps:  # a finished run is not interrupted
                 self.interrupted = self._stop.agreed()  # every step, all ranks (see preempt.py)
             if self.step >= last_step or self.interrupted:
                 return

@@ -24,8 +24,10 @@ def test_cap_is_cpus_per_local_process(requested, cpus_, processes, expected, ca
     assert cap_num_workers(requested, cpus=cpus_, processes=processes) == expected
     err = capsys.readouterr().err
     if expected < requested:
-        assert err == (f"note: data.num_workers={requested} capped at {expected}: {cpus_} CPU{'s' if cpus_ != 1 else ''} available to "
-                       f"{processes} process{'es' if processes > 1 else ''} on this machine\n")
+        cpu_s = "CPU" if cpus_ == 1 else "CPUs"
+        processes_s = "process" if processes == 1 else "processes"
+        assert err == (f"note: data.num_workers={requested} capped at {expected}: {cpus_} {cpu_s} "
+                       f"available to {processes} {processes_s} on this machine\n")
     else:
         assert err == ""
 

@@ -120,7 +120,6 @@ def check_interrupted(rc: int, err: str, run_dir: Path, expected_rc: int | None)
     assert len(lines) == 1, err[-3000:]
     step = int(lines[0].removeprefix("interrupted at step ").removesuffix(MESSAGE))
     assert 3 <= step < 18  # stopped mid-run, after the signal
-    assert "Traceback" not in err.split("interrupted at step")[0] or rc != expected_rc
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{step:08d}"
     state = final_state(run_dir)
     assert state["counters"]["step"] == step
