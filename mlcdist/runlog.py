@@ -1,4 +1,6 @@
-"""Run folder bookkeeping: resolved recipe, jsonl metrics, a rich progress bar (main process)."""
+"""Run folder bookkeeping: resolved recipe, jsonl metrics, progress (main process). With
+``logging.progress``: a rich bar on a terminal, else a plain line per logging step on stdout
+(``mlcdist/progress.py``)."""
 
 from __future__ import annotations
 
@@ -7,12 +9,10 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mlcdist.config import save_recipe
-
-console = Console(stderr=True)
+from mlcdist.progress import console, eta_seconds, plain, step_line
 
 
 class RunLog:
@@ -23,12 +23,15 @@ class RunLog:
         self.run_dir = run_dir
         self.main = main
         self._bar: Optional[Progress] = None
+        self._total, self._start_step, self._start = total_steps, start_step, time.perf_counter()
+        # no terminal (a batch scheduler's log): a plain line per logging step instead of the bar
+        self._plain = main and progress and not console.is_terminal
         if not main:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         save_recipe(cfg, run_dir / "config.yaml")
         self._metrics = open(run_dir / "metrics.jsonl", "a", buffering=1)
-        if progress:
+        if progress and console.is_terminal:
             self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
                                  console=console, transient=False)
@@ -44,6 +47,9 @@ class RunLog:
             return
         record = {"time": round(time.time(), 3), **record}
         self._metrics.write(json.dumps(record) + "\n")
+        if self._plain and not console.quiet and "step" in record:
+            eta = eta_seconds(record["step"], self._total, time.perf_counter() - self._start, self._start_step)
+            plain(step_line(record, self._total, eta))
         if self._bar is not None:
             status = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                               for k, v in record.items() if k in ("epoch", "loss", "lr", "samples_per_s"))

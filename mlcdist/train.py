@@ -26,6 +26,7 @@ from mlcdist.data.info import DatasetInfo, load_dataset_info
 from mlcdist.models import build_model
 from mlcdist.models.ema import ema_update_
 from mlcdist.optim import build_optimizer, set_lr
+from mlcdist.preempt import StopRequest, exit_code
 from mlcdist.parallel import (
     Strategy,
     backward_and_step,
@@ -64,8 +65,10 @@ class Trainer:
                             kind="contrastive" if self.contrastive else "supervised",
                             image_size=cfg.augment.image_size)
         if loader is None:
+            from mlcdist.data.cpus import cap_num_workers
             from mlcdist.data.pipeline import make_loader
 
+            cfg.data.num_workers = cap_num_workers(cfg.data.num_workers)  # recorded in config.yaml
             loader = make_loader(cfg.data.train, cfg.data, cfg.augment, mode="pretrain",
                                  rank=self.rank, world_size=self.world)
         self.loader = loader
@@ -175,9 +178,12 @@ class Trainer:
             self.step += 1
         return out.value
 
-    def fit(self, stop_at_step: Optional[int] = None) -> dict:
-        """Train to ``schedule`` end; ``stop_at_step`` simulates a preemption (checkpoint, stop)."""
+    def fit(self, stop_at_step: Optional[int] = None, stop: Optional[StopRequest] = None) -> dict:
+        """Train to ``schedule`` end; ``stop_at_step`` simulates a preemption (checkpoint, stop);
+        ``stop`` (SIGTERM/SIGINT, ``mlcdist/preempt.py``) ends after the step all ranks agree on,
+        with a checkpoint; the summary's ``interrupted`` is then that signal's number (else 0)."""
         cfg = self.cfg
+        self._stop, self.interrupted = stop, 0
         last_step = min(self.total_steps, stop_at_step or self.total_steps)
         resume_from = ckpt.find_resume(self.ckpt_root, cfg.checkpoint.resume)
         if resume_from is not None:
@@ -192,7 +198,7 @@ class Trainer:
         self._bad = torch.zeros((), dtype=torch.bool, device=self.acc.device)
         self._last = torch.zeros((), device=self.acc.device)
         try:
-            while self.step < last_step:
+            while self.step < last_step and not self.interrupted:
                 self._run_epoch(log, last_step)
                 if self.micro >= self.steps_per_epoch * cfg.optim.grad_accum:  # epoch complete
                     self.epoch += 1
@@ -205,7 +211,8 @@ class Trainer:
                 self.save()
         finally:
             log.close()
-        return {"step": self.step, "epoch": self.epoch, "loss": float(self._last)}
+        return {"step": self.step, "epoch": self.epoch, "loss": float(self._last),
+                "interrupted": self.interrupted}
 
     def _run_epoch(self, log: RunLog, last_step: int) -> None:
         """Micro-batches of the current epoch from ``self.micro`` on, until the epoch's last
@@ -234,7 +241,9 @@ class Trainer:
             if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0:
                 self._check_finite()
                 self.save()
-            if self.step >= last_step:
+            if self._stop is not None and self.step < self.total_steps:  # a finished run is not interrupted
+                self.interrupted = self._stop.agreed()  # every step, all ranks (see preempt.py)
+            if self.step >= last_step or self.interrupted:
                 return
 
     def _check_finite(self) -> None:
@@ -281,19 +290,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
-    try:
-        trainer = Trainer(cfg)
-    except ConfigError as err:  # a setting this machine or backend cannot run, before step 1
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        summary = trainer.fit()
-    except NonFiniteLoss as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+    with StopRequest() as stop:  # handlers stay installed until the process reports and returns
+        try:
+            trainer = Trainer(cfg)
+        except ConfigError as err:  # a setting this machine or backend cannot run, before step 1
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        try:
+            summary = trainer.fit(stop=stop)
+        except NonFiniteLoss as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 3
+        finally:
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
+        if summary["interrupted"]:
+            if trainer.acc.is_main_process:
+                print(f"interrupted at step {summary['step']}; checkpoint written; "
+                      "run the same command to resume", file=sys.stderr)
+            return exit_code(summary["interrupted"])
     if trainer.acc.is_main_process:
         print(f"done: step {summary['step']}, loss {summary['loss']:.4f}, run folder {cfg.logging.run_dir}")
     return 0

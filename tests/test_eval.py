@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -218,7 +219,10 @@ def test_compare_prints_runs_side_by_side(probes, capsys):
     assert f"{pre['clean']['mAP']:.4f}" in text and f"{pre['paper']['micro_f1']:.4f}" in text
 
 
-def test_image_checkpoint_linear_and_finetune(tmp_path):
+def test_image_checkpoint_linear_and_finetune(tmp_path, capsys, monkeypatch):
+    from mlcdist import progress
+
+    monkeypatch.setattr(progress.console, "quiet", False)  # tools.reproduce's tests silence it
     from tools.make_shards import main as make_shards
 
     shards = tmp_path / "digits"
@@ -233,9 +237,17 @@ def test_image_checkpoint_linear_and_finetune(tmp_path):
         "logging": {"run_dir": str(tmp_path / "run"), "progress": False},
     })
     step_dir = run / "checkpoints" / "step-00000002"
+    capsys.readouterr()
     assert evaluate(step_dir, "eval.epochs=2", "eval.batch_size=32", *FAST) == 0
     assert evaluate(step_dir / "state.pt", "--mode", "finetune", "eval.epochs=2", "eval.batch_size=32",
                     *FAST) == 0
+    # no terminal under pytest: plain progress lines (96 train rows / 32 = 3 batches, 48 test = 2)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if line.startswith("features")] == [
+        line for line in lines if re.fullmatch(r"features (train|test): \d/\d batches .* ETA \d:\d\d:\d\d", line)]
+    assert any(line.startswith("features train: 3/3 batches (100%)") for line in lines), lines
+    assert any(line.startswith("features test: 2/2 batches (100%)") for line in lines), lines
+    assert any(line.startswith("finetune epoch 2/2: 3/3 batches (100%)") for line in lines), lines
     for mode in ("linear", "finetune"):
         report = strict_json(run / "eval" / mode / "metrics.json")
         assert report["mode"] == mode and report["num_rows"]["test"] == 48

@@ -308,6 +308,7 @@ class Loader:
         loader = DataLoader(self.stream, batch_size=None, num_workers=workers,
                             pin_memory=torch.cuda.is_available(), persistent_workers=False,
                             prefetch_factor=2 if workers > 0 else None,
+                            worker_init_fn=ignore_stop_signals,
                             # a private generator: the DataLoader draws its base seed from it,
                             # so iterating never advances the global RNG (exact resume)
                             generator=torch.Generator().manual_seed(self.stream.data.seed))
@@ -321,6 +322,16 @@ class Loader:
         if self.skipped > before:
             log.warning("epoch %d, rank %d: %d corrupt or missing samples skipped (batch count unchanged)",
                         self.epoch, self.stream.rank, self.skipped - before)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers ignore SIGINT/SIGTERM: Ctrl-C and SLURM signal the whole process group,
+    and the main process must finish its step and checkpoint (``mlcdist/preempt.py``) on batches
+    the workers still deliver. The workers end with the main process as usual."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def make_loader(location: str, data: DataConfig, augment: AugmentConfig, *, mode: Mode,

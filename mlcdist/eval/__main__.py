@@ -138,6 +138,7 @@ def run_eval(args: argparse.Namespace) -> Optional[dict]:
     """The whole evaluation; returns the report on the main process (None elsewhere)."""
     from rich.console import Console
 
+    from mlcdist.data.cpus import cap_num_workers
     from mlcdist.data.pipeline import make_loader
     from mlcdist.models import build_backbone
     from mlcdist.parallel import detect_strategy, make_accelerator
@@ -169,7 +170,8 @@ def run_eval(args: argparse.Namespace) -> Optional[dict]:
     if not random_init:
         load_backbone_state(backbone, ckpt, cfg.model.arch)
     backbone.to(device)
-    data_cfg = dataclasses.replace(cfg.data, batch_size=cfg.eval.batch_size)
+    data_cfg = dataclasses.replace(cfg.data, batch_size=cfg.eval.batch_size,
+                                   num_workers=cap_num_workers(cfg.data.num_workers))
 
     def loader(split: str):
         return make_loader(getattr(cfg.data, split), data_cfg, cfg.augment, mode="eval",
@@ -190,7 +192,8 @@ def run_eval(args: argparse.Namespace) -> Optional[dict]:
                             {**settings, "dataset": info.to_json()})
             path = None if args.no_cache else out / "features" / f"{split}-{key}.pt"
             features[split], hit = cached_features(
-                path, lambda s=split: extract_features(backbone, loader(s), device, acc.autocast),
+                path, lambda s=split: extract_features(backbone, loader(s), device, acc.autocast,
+                                                          progress=f"features {s}"),
                 device=device)
             console.print(f"{split}: {len(features[split].index)} feature rows "
                           f"{'from cache ' if hit else ''}{path or ''}")

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from mlcdist.checkpoint import LATEST
 from mlcdist.parallel import all_gather_rows, all_reduce_sum, world
+from mlcdist.progress import length, track
 
 BACKBONE_PREFIX = "backbone."
 REQUIRED_KEYS = ("model", "config", "num_classes", "feature_dim", "arch", "loss")
@@ -168,13 +169,17 @@ class FeatureSet:
 
 @torch.no_grad()
 def collect(loader, fn: Callable[[Tensor], tuple[Tensor, ...]], device: torch.device,
-            autocast: Callable[[], ContextManager] = nullcontext) -> tuple[list[Tensor], Tensor, Tensor]:
+            autocast: Callable[[], ContextManager] = nullcontext,
+            progress: Optional[str] = None) -> tuple[list[Tensor], Tensor, Tensor]:
     """Run ``fn`` over every eval batch of every rank; returns ``(outputs, labels, index)``
     gathered from all ranks, invalid rows dropped, sorted by global index (module docstring).
-    Collective: every rank must call it with its own loader."""
+    Collective: every rank must call it with its own loader. ``progress`` labels a progress
+    display on rank 0 (``mlcdist/progress.py``: a bar on a terminal, else plain lines)."""
     outs: list[list[Tensor]] = []
     labels, index, valid = [], [], []
-    for batch in loader:
+    show = progress is not None and world()[0] == 0
+    batches = track(loader, length(loader) if show else 0, progress or "", enabled=show)
+    for batch in batches:
         with autocast():
             result = fn(batch["input"].to(device, non_blocking=True))
         outs.append([r.float().cpu() for r in result])
@@ -196,10 +201,11 @@ def collect(loader, fn: Callable[[Tensor], tuple[Tensor, ...]], device: torch.de
 
 
 def extract_features(backbone: nn.Module, loader, device: torch.device,
-                     autocast: Callable[[], ContextManager] = nullcontext) -> FeatureSet:
+                     autocast: Callable[[], ContextManager] = nullcontext,
+                     progress: Optional[str] = None) -> FeatureSet:
     """Backbone features ``h(x)`` of a split, in eval mode, dataset order (collective)."""
     backbone.eval()
-    (features,), labels, index = collect(loader, lambda x: (backbone(x),), device, autocast)
+    (features,), labels, index = collect(loader, lambda x: (backbone(x),), device, autocast, progress)
     return FeatureSet(features, labels, index)
 
 

@@ -33,6 +33,7 @@ from mlcdist.config import ConfigError, EvalConfig
 from mlcdist.eval.features import EvalInputError, FeatureSet, collect
 from mlcdist.metrics import METRICS, multilabel_metrics
 from mlcdist.parallel import Strategy, all_reduce_sum, backward_and_step, full_state_dict, unwrap, world
+from mlcdist.progress import length, track
 
 SELECT_CHOICES = (*METRICS, "loss")
 
@@ -201,7 +202,8 @@ def finetune(acc, strategy: Strategy, backbone: nn.Module, width: int, num_class
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         total, seen = torch.zeros((), device=device), torch.zeros((), device=device)
-        for batch in data.train:
+        for batch in track(data.train, length(data.train), f"finetune epoch {epoch}/{cfg.epochs}",
+                           enabled=acc.is_main_process, lines=4):
             keep = batch["valid"].clone()
             if data.val_mask is not None:
                 keep &= ~data.val_mask[batch["index"].clamp(min=0)]
