@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 FORMAT = "mlcdist-shards/1"
 INDEX_NAME = "dataset.json"
+# A shard name is one plain file name: no folder, no scheme (``pipe:``), no shell metacharacters,
+# because it is appended to the data location and a ``pipe:`` location runs it through a shell.
+# The converter writes ``shard-NNNNNN.tar`` (``shards.SHARD_PATTERN``), which this admits.
+SAFE_SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,200}\.tar")
 
 
 @dataclass
@@ -46,9 +52,34 @@ class DatasetInfo:
 
 
 def join_url(root: str, name: str) -> str:
+    """``root/name``; under a ``pipe:`` root the name is shell-quoted (it becomes a shell word)."""
+    if root.startswith("pipe:"):
+        name = shlex.quote(name)
     if not root:
         return name
     return root.rstrip("/") + "/" + name
+
+
+def is_remote(path: str) -> bool:
+    """True for locations webdataset must open (``pipe:`` commands, ``scheme://`` URLs)."""
+    return path.startswith("pipe:") or ("://" in path and not path.startswith("file://"))
+
+
+def check_shard_entries(path: str, shards: list) -> None:
+    """Reject a ``shards`` list whose entries are not ``{"file": safe name, "num_samples": int >= 0,
+    "sha256": str}``; the error names the entry (the names reach a shell under ``pipe:``)."""
+    for k, entry in enumerate(shards):
+        name = entry.file
+        if not isinstance(name, str) or not SAFE_SHARD_NAME.fullmatch(name):
+            raise ValueError(
+                f"{path}: shards[{k}].file {name!r} is not a plain shard file name (letters, digits, "
+                "'.', '_', '-', ending in .tar, e.g. shard-000000.tar); refusing to read it, "
+                "re-run the converter")
+        if isinstance(entry.num_samples, bool) or not isinstance(entry.num_samples, int) \
+                or entry.num_samples < 0:
+            raise ValueError(f"{path}: shards[{k}].num_samples {entry.num_samples!r} must be an integer >= 0")
+        if not isinstance(entry.sha256, str):
+            raise ValueError(f"{path}: shards[{k}].sha256 {entry.sha256!r} must be a string")
 
 
 def index_location(location: str) -> tuple[str, str]:
@@ -60,7 +91,7 @@ def index_location(location: str) -> tuple[str, str]:
 
 
 def _read_text(path: str) -> str:
-    if "://" in path and not path.startswith("file://"):
+    if is_remote(path):
         import webdataset as wds  # lazy: only remote indexes need it
 
         with wds.gopen(path, "rb") as stream:
@@ -91,6 +122,7 @@ def load_dataset_info(location: str | Path) -> DatasetInfo:
         info = DatasetInfo(shards=shards, root=root, **data)
     except (KeyError, TypeError) as err:
         raise ValueError(f"{path}: malformed dataset.json ({err}); re-run the converter") from None
+    check_shard_entries(path, info.shards)
     if len(info.class_names) != info.num_classes:
         raise ValueError(f"{path}: class_names has {len(info.class_names)} names, num_classes is {info.num_classes}")
     return info
