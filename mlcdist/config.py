@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -25,6 +26,10 @@ _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 class ConfigError(ValueError):
     """A recipe problem, phrased as ``SOURCE: dotted.key: what is wrong; how to fix it``."""
+
+
+class _NonFinite(ConfigError):
+    """A float field got NaN or +-inf (never a valid setting; not retried by ``Optional``)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,6 +336,8 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
                 continue
             try:
                 return _convert(value, arg, key, source)
+            except _NonFinite:
+                raise
             except ConfigError:
                 continue
         raise fail()
@@ -364,9 +371,11 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
         return value
     if tp is float:
         if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads "2e-4" (no dot) as a string
+            value = float(value)  # YAML 1.1 reads "2e-4" (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise fail()
+        if not math.isfinite(value):  # .nan / .inf / 1e999 would pass every range check as nan
+            raise _NonFinite(f"{source}: {key}: {value!r} is not a finite number; give a finite value")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -422,13 +431,48 @@ def to_dict(cfg: Any) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int, first: int):
+        super().__init__(f"line {line}: duplicate key {key!r} (first given on line {first}); keep one")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping giving the same key twice (PyYAML keeps the last)."""
+
+
+def _construct_strict_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges may be overridden on purpose
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            if key in seen:
+                raise _DuplicateKey(key, line, seen[key])
+            seen[key] = line
+        except TypeError:  # unhashable key: the base constructor reports it
+            pass
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_strict_mapping)
+
+
+def _strict_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that raises :class:`_DuplicateKey` for a repeated mapping key."""
+    return yaml.load(text, Loader=_StrictLoader)
+
+
 def _read_yaml(path: Path) -> dict:
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: recipe file not found; check the path") from None
     try:
-        data = yaml.safe_load(text)
+        data = _strict_yaml(text)
+    except _DuplicateKey as err:
+        raise ConfigError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML: {err}") from None
     if data is None:
@@ -480,7 +524,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(parts):
         raise ConfigError(f"override {text!r}: empty key segment")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _strict_yaml(raw) if raw.strip() else ""
+    except _DuplicateKey as err:
+        raise ConfigError(f"override {text!r}: {err}") from None
     except yaml.YAMLError:
         value = raw
     return parts, value

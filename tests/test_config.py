@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,66 @@ def test_exponent_floats_without_a_dot(tmp_path):
     assert load_recipe(path, ["optim.lr=2E-5"]).optim.lr == 2e-5
     with pytest.raises(ConfigError, match=r"optim.lr: expected float, got 'e-4'"):
         load_recipe(path, ["optim.lr=e-4"])
+
+
+def _float_fields(cls: type, prefix: str = "") -> list[tuple[str, int | None, int]]:
+    """(dotted key, tuple position or None, tuple length) of every float-valued field of the tree."""
+    import dataclasses
+    import typing
+
+    out = []
+    for name, tp in typing.get_type_hints(cls).items():
+        dotted = f"{prefix}{name}"
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if dataclasses.is_dataclass(tp):
+            out += _float_fields(tp, dotted + ".")
+        elif tp is float or (typing.get_origin(tp) is not tuple and args == [float]):
+            out.append((dotted, None, 0))
+        elif typing.get_origin(tp) is tuple and float in args:
+            out += [(dotted, i, len(typing.get_args(tp))) for i, a in enumerate(typing.get_args(tp)) if a is float]
+    return out
+
+
+FLOAT_FIELDS = _float_fields(RecipeConfig)
+
+
+def test_float_fields_found():
+    keys = {k for k, _, _ in FLOAT_FIELDS}
+    assert {"optim.lr", "loss.temperature", "optim.grad_clip", "augment.crop_scale"} <= keys
+
+
+@pytest.mark.parametrize("bad", [".nan", ".inf", "-.inf", "1e999"])
+def test_non_finite_numbers_are_rejected_everywhere(tmp_path, bad):
+    path = write(tmp_path / "x.yaml", "name: x\n")
+    defaults = RecipeConfig()
+    for dotted, pos, length in FLOAT_FIELDS:
+        if pos is None:
+            value = bad
+        else:
+            component, field = dotted.split(".")
+            items = [str(v) for v in getattr(getattr(defaults, component), field)]
+            items[pos] = bad
+            value = "[" + ", ".join(items) + "]"
+        key = dotted if pos is None else f"{dotted}[{pos}]"
+        with pytest.raises(ConfigError, match=re.escape(key) + r": .* is not a finite number"):
+            load_recipe(path, [f"{dotted}={value}"])
+        component, field = dotted.split(".")
+        file = write(tmp_path / "bad.yaml", f"{component}:\n  {field}: {value}\n")
+        with pytest.raises(ConfigError, match=r"is not a finite number") as err:
+            load_recipe(file)
+        assert str(err.value).startswith(f"{file}: {key}: ")
+
+
+def test_duplicate_keys_are_an_error(tmp_path):
+    path = write(tmp_path / "dup.yaml", "optim:\n  lr: 0.1\n  momentum: 0.9\n  lr: 0.5\n")
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    assert str(err.value) == f"{path}: line 4: duplicate key 'lr' (first given on line 2); keep one"
+    top = write(tmp_path / "top.yaml", "optim:\n  lr: 0.1\nname: a\noptim:\n  momentum: 0.8\n")
+    with pytest.raises(ConfigError, match=r"top.yaml: line 4: duplicate key 'optim'"):
+        load_recipe(top)
+    with pytest.raises(ConfigError, match=r"override .*duplicate key 'lr'"):
+        load_recipe(write(tmp_path / "ok.yaml", "name: x\n"), ["optim={lr: 0.1, lr: 2}"])
+    # a YAML merge key may be overridden on purpose: not a duplicate
+    merged = write(tmp_path / "merge.yaml", "optim:\n  <<: {lr: 0.2, momentum: 0.8}\n  lr: 0.3\n")
+    assert (load_recipe(merged).optim.lr, load_recipe(merged).optim.momentum) == (0.3, 0.8)
