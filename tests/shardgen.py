@@ -69,7 +69,7 @@ def write_split(
                     if key in corrupt:
                         data = data[: len(data) // 3]
                 else:
-                    ext, data = "npy", npy_bytes(key + np.arange(feature_dim) / 100.0)
+                    ext, data = "npy", (payloads or {}).get(key) or npy_bytes(key + np.arange(feature_dim) / 100.0)
                 stem = f"{key:09d}"
                 _add(tar, f"{stem}.{ext}", data)
                 _add(tar, f"{stem}.labels.json", json.dumps(labels).encode())

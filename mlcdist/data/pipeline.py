@@ -230,6 +230,9 @@ class ShardStream(IterableDataset):
                 payload = np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
                 if payload.shape != (self.info.feature_dim,):
                     raise ValueError(f"vector shape {payload.shape}, dataset.json says ({self.info.feature_dim},)")
+                if not np.isfinite(payload).all():  # would turn the whole batch's loss into NaN
+                    raise ValueError(f"vector has {int(np.count_nonzero(~np.isfinite(payload)))} non-finite "
+                                     "values (NaN/inf)")
             return payload, labels
         except Exception as err:  # corrupt sample: skipped and counted, never fatal
             if self._warned < _MAX_WARNINGS:

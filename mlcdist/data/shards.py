@@ -149,7 +149,12 @@ def encode_spec(spec: SampleSpec, settings: EncodeSettings) -> EncodedSample | S
     """Decode, resize and encode one sample (runs in worker processes)."""
     labels = sorted(set(int(j) for j in spec.labels))
     if spec.vector is not None:
-        return EncodedSample("npy", npy_bytes(spec.vector), labels, spec.source, spec.meta)
+        with np.errstate(over="ignore"):  # beyond float32 range becomes inf, reported below
+            vector = np.asarray(spec.vector).astype(np.float32)
+        bad = int(np.count_nonzero(~np.isfinite(vector)))
+        if bad:  # NaN/inf: never trainable, left out (and listed) like a corrupt image
+            return Skipped(spec.source, f"non-finite vector: {bad} NaN/inf values (float32)")
+        return EncodedSample("npy", npy_bytes(vector), labels, spec.source, spec.meta)
     try:
         image = (
             Image.fromarray(spec.pixels)

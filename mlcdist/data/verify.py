@@ -36,13 +36,10 @@ class VerifyReport:
         return not self.problems and all(not s.problems for s in self.shards)
 
 
-def _check_sample(key: str, parts: dict[str, bytes], info: DatasetInfo, decode: bool) -> list[int]:
-    """Labels of one sample after checking its members; raises ValueError naming the problem."""
-    data_ext = "jpg" if info.modality == "image" else "npy"
-    if set(parts) != {data_ext, "labels.json", "meta.json"}:
-        raise ValueError(
-            f"{key}: members {sorted(parts)}, expected {data_ext}, labels.json, meta.json"
-        )
+def _sample_labels(key: str, parts: dict[str, bytes], info: DatasetInfo) -> list[int]:
+    """The sample's label list; raises ValueError when it is missing or not valid class indices."""
+    if "labels.json" not in parts:
+        raise ValueError(f"{key}: no labels.json member")
     labels = json.loads(parts["labels.json"])
     if (
         not isinstance(labels, list)
@@ -51,6 +48,16 @@ def _check_sample(key: str, parts: dict[str, bytes], info: DatasetInfo, decode: 
     ):
         raise ValueError(
             f"{key}: labels {labels} are not sorted distinct indices in 0..{info.num_classes - 1}"
+        )
+    return labels
+
+
+def _check_payload(key: str, parts: dict[str, bytes], info: DatasetInfo, decode: bool) -> None:
+    """Members, meta and the image/vector payload of one sample; raises ValueError naming the problem."""
+    data_ext = "jpg" if info.modality == "image" else "npy"
+    if set(parts) != {data_ext, "labels.json", "meta.json"}:
+        raise ValueError(
+            f"{key}: members {sorted(parts)}, expected {data_ext}, labels.json, meta.json"
         )
     if not isinstance(json.loads(parts["meta.json"]), dict):
         raise ValueError(f"{key}: meta.json is not a JSON object")
@@ -61,11 +68,16 @@ def _check_sample(key: str, parts: dict[str, bytes], info: DatasetInfo, decode: 
                 f"{key}: npy is {vector.dtype} {vector.shape}, "
                 f"expected float32 ({info.feature_dim},)"
             )
+        bad = int(np.count_nonzero(~np.isfinite(vector)))
+        if bad:  # a NaN/inf input poisons every loss it touches (and a resume hits it again)
+            raise ValueError(f"{key}: npy has {bad} non-finite values (NaN/inf); fix or drop the input and re-convert")
     elif decode:
-        Image.open(io.BytesIO(parts["jpg"])).load()
+        try:
+            Image.open(io.BytesIO(parts["jpg"])).load()
+        except (OSError, SyntaxError, ValueError) as err:  # PIL's errors do not name the sample
+            raise ValueError(f"{key}: jpg does not decode ({err})") from None
     elif not parts["jpg"].startswith(b"\xff\xd8"):
         raise ValueError(f"{key}: jpg payload does not start with a JPEG marker")
-    return labels
 
 
 def _check_shard(
@@ -99,8 +111,14 @@ def _check_shard(
     if list(samples) != expected_keys:
         check.problems.append(f"keys are not {expected_keys[:1]}..{expected_keys[-1:]} in order")
     for key, parts in samples.items():
+        # labels are counted even when the payload is bad: dataset.json counts every written
+        # sample, so a bad payload must not also show up as class-count differences
         try:
-            counts[_check_sample(key, parts, info, decode)] += 1
+            counts[_sample_labels(key, parts, info)] += 1
+        except ValueError as err:
+            check.problems.append(str(err))
+        try:
+            _check_payload(key, parts, info, decode)
         except (ValueError, OSError) as err:
             check.problems.append(str(err))
     return check
