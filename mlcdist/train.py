@@ -23,6 +23,7 @@ import torch.distributed as dist
 from mlcdist import checkpoint as ckpt
 from mlcdist.config import ConfigError, RecipeConfig, dump_yaml, load_recipe
 from mlcdist.data.info import DatasetInfo, load_dataset_info
+from mlcdist.health import checkpoint_hint, first_non_finite
 from mlcdist.models import build_model
 from mlcdist.models.ema import ema_update_
 from mlcdist.optim import build_optimizer, set_lr
@@ -47,6 +48,10 @@ from mlcdist.step import contrastive_loss, supervised_loss
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+class NonFiniteState(NonFiniteLoss):
+    """A parameter or buffer (e.g. BatchNorm ``running_var``) holds NaN/inf; nothing is saved."""
 
 
 class Trainer:
@@ -97,6 +102,7 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------
 
     def save(self) -> None:
+        self._check_state()  # never publish a checkpoint holding NaN/inf tensors
         model_state = full_state_dict(self.acc, self.strategy, self.query)
         key_state = full_state_dict(self.acc, self.strategy, self.key) if self.contrastive else {}
         optim_state = full_optimizer_state(self.strategy, self.query, self.optimizer)
@@ -249,9 +255,19 @@ class Trainer:
     def _check_finite(self) -> None:
         if bool(self._bad):
             raise NonFiniteLoss(
-                f"non-finite loss ({float(self._last)}) before step {self.step}; stopping. The last good "
-                f"checkpoint in {self.ckpt_root} is intact: lower optim.lr, enable optim.grad_clip or "
-                "use precision.mixed=bf16 instead of fp16, then resume")
+                f"non-finite loss ({float(self._last)}) before step {self.step}; stopping, "
+                f"{checkpoint_hint(self.ckpt_root)} (lower optim.lr, enable optim.grad_clip or "
+                "use precision.mixed=bf16 instead of fp16)")
+        self._check_state()
+
+    def _check_state(self) -> None:
+        """Stop (on every rank) when a parameter or buffer holds NaN/inf; logging/checkpoint steps only."""
+        name = first_non_finite({"query": self.query, "key": self.key})
+        if name is not None:
+            raise NonFiniteState(
+                f"non-finite values in {name} at step {self.step} (the loss can stay finite while the "
+                f"model collapses); stopping without saving, {checkpoint_hint(self.ckpt_root)} "
+                "(lower optim.lr, enable optim.grad_clip)")
 
     def _record(self, value: torch.Tensor, samples_per_s: float) -> dict:
         record = {"step": self.step, "epoch": self.epoch, "loss": float(value),
