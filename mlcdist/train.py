@@ -293,7 +293,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides, e.g. optim.lr=0.05 data.batch_size=128")
     parser.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides may come before or after --print-config
 
 
 def main(argv: Optional[list[str]] = None) -> int:

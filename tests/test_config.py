@@ -187,3 +187,12 @@ def test_duplicate_keys_are_an_error(tmp_path):
     # a YAML merge key may be overridden on purpose: not a duplicate
     merged = write(tmp_path / "merge.yaml", "optim:\n  <<: {lr: 0.2, momentum: 0.8}\n  lr: 0.3\n")
     assert (load_recipe(merged).optim.lr, load_recipe(merged).optim.momentum) == (0.3, 0.8)
+
+
+def test_print_config_with_overrides_after_it(capsys):
+    """Issue 16 item 8: ``--print-config`` followed by overrides was an argparse error."""
+    from mlcdist.train import main
+
+    assert main([str(REPO / "recipes" / "demo.yaml"), "--print-config", "optim.lr=0.25", "data.batch_size=7"]) == 0
+    printed = capsys.readouterr().out
+    assert "lr: 0.25" in printed and "batch_size: 7" in printed
