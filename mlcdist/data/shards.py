@@ -273,6 +273,8 @@ def _load_state(out: Path, settings: dict) -> _State:
         return _State(settings)
     kept: list[dict] = []
     for shard in saved["shards"]:
+        if not SHARD_PATTERN.fullmatch(str(shard.get("file"))) or shard["file"].endswith(".tmp"):
+            break  # only names this writer produces; anything else restarts from there
         shard_path = out / shard["file"]
         if not shard_path.exists() or sha256_file(shard_path) != shard["sha256"]:
             break
