@@ -109,6 +109,7 @@ def ref_reg(x, y, prototypes, temperature, alpha, regularise):
         overlap = len(sets[a] & sets[b]) / len(sets[b]) if sets[b] else 0.0
         return overlap ** alpha if alpha >= 0 else float(overlap >= 1 - EPS)
 
+    rows = scores.unbind(0)  # one backward node instead of one N x N gradient per row
     carriers = {c: [b for b in range(n) if c in sets[b]] for c in range(len(prototypes))}
     for a in range(n):
         if not sets[a]:
@@ -120,14 +121,14 @@ def ref_reg(x, y, prototypes, temperature, alpha, regularise):
         for b in f_row:
             w[b] = sum(f_row[b] / (norm[c] + EPS) for c in sets[a] & sets[b]) / len(sets[a])
         anchors += sum(w) != 0
-        lse = torch.logsumexp(scores[a, others], 0)
-        row = scores[a].tolist()
+        lse = torch.logsumexp(rows[a][others], 0)
+        row = rows[a].tolist()
         extra = [0.0] * n
         for b in f_row:
             if regularise and w[b]:
                 extra[b] = max(math.exp(row[b] - lse.item()) - w[b], 0.0)  # detached softmax share
-        total = total - (torch.tensor(w, dtype=u.dtype) * (scores[a] - lse)).sum()
-        total = total - (torch.tensor(extra, dtype=u.dtype) * scores[a]).sum()
+        total = total - (torch.tensor(w, dtype=u.dtype) * (rows[a] - lse)).sum()
+        total = total - (torch.tensor(extra, dtype=u.dtype) * rows[a]).sum()
     return total / anchors if anchors else total
 
 
