@@ -1,6 +1,7 @@
 """Dense MulSupCon vs. the per-label replication of the official code, forward + backward.
 
     python bench/loss.py [--batch 256] [--dim 128] [--repeats 3] [--device cpu|cuda]
+    python bench/loss.py --study [--big]   # the study's in-batch losses (bench/study_losses.py)
 
 The baseline replicates each anchor's score row once per label it carries and runs SupCon over
 the replicated rows, as the official MulSupCon code does (codes/utils.py, codes/losses.py). Both are timed in the same run;
@@ -87,7 +88,11 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--study", action="store_true", help="the study's in-batch losses, B x B x C baselines")
+    parser.add_argument("--big", action="store_true", help="with --study: also reg at C=983 (~17 GiB)")
     args = parser.parse_args()
+    if args.study:
+        return study_table(args)
 
     mem = "peak MiB" if args.device == "cuda" else "max tensor MiB"
     table = Table(title=f"MulSupCon loss fwd+bwd, B={args.batch}, D={args.dim}, device={args.device}")
@@ -101,6 +106,20 @@ def main() -> None:
             (td, md), (tb, mb) = res["dense"], res["replicated"]
             table.add_row(str(n_classes), str(n_keys), str(pairs), f"{td * 1e3:.1f}",
                           f"{tb * 1e3:.1f}", f"{md:.0f}", f"{mb:.0f}", f"{tb / td:.1f}x")
+    Console().print(table)
+
+
+def study_table(args) -> None:
+    from study_losses import study_rows  # bench/ is on sys.path when run as a script
+
+    mem = "peak MiB" if args.device == "cuda" else "peak RSS MiB"
+    table = Table(title=f"Study losses fwd+bwd in-batch, B={args.batch}, D={args.dim}, device={args.device}")
+    for col in ("loss", "C", "dense ms", "B x B x C ms", f"dense {mem}", f"B x B x C {mem}", "speed-up"):
+        table.add_column(col, justify="right")
+    for key, c, td, ts, md, ms in study_rows(args.batch, args.dim, args.repeats, args.device, time_fn,
+                                              args.big):
+        table.add_row(key, str(c), f"{td * 1e3:.1f}", "-" if ts is None else f"{ts * 1e3:.1f}", f"{md:.0f}",
+                      "-" if ms is None else f"{ms:.0f}", "-" if ts is None else f"{ts / td:.1f}x")
     Console().print(table)
 
 
