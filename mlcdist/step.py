@@ -12,7 +12,7 @@ after the backend averages gradients over the :math:`W` ranks the gradient is
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,8 @@ from mlcdist.parallel import all_gather_rows, all_reduce_sum, shuffled_keys, wor
 class StepLoss(NamedTuple):
     loss: Tensor  # what to back-propagate on this rank
     value: Tensor  # the global loss, detached (for logging; reading it is a host sync)
+    anchors: Optional[Tensor] = None  # this rank's query embeddings B x D, detached (collapse guard)
+    num_candidates: Optional[Tensor] = None  # 0-d count of valid candidates (keys + filled queue)
 
 
 def contrastive_loss(query: nn.Module, key: nn.Module, queue, views: tuple[Tensor, Tensor],
@@ -50,7 +52,7 @@ def contrastive_loss(query: nn.Module, key: nn.Module, queue, views: tuple[Tenso
     loss = terms.numerator * size / normaliser
     value = all_reduce_sum(terms.numerator.detach()) / normaliser
     queue.enqueue_(keys, key_labels)
-    return StepLoss(loss, value)
+    return StepLoss(loss, value, anchors.detach(), valid.sum())
 
 
 def supervised_loss(model: nn.Module, views: tuple[Tensor, Tensor], labels: Tensor) -> StepLoss:

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from mlcdist import checkpoint as ckpt
+from mlcdist.collapse import CollapseGuard, collapse_warning, mean_pairwise_cosine, uniform_loss
 from mlcdist.config import ConfigError, RecipeConfig, dump_yaml, load_recipe
 from mlcdist.data.info import DatasetInfo, load_dataset_info
 from mlcdist.health import checkpoint_hint, first_non_finite
@@ -98,6 +99,8 @@ class Trainer:
         self.epoch = 0
         self.run_dir = Path(cfg.logging.run_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
+        self.collapse = CollapseGuard()
+        self._last_out = None  # the latest StepLoss, read (host sync) on logging steps only
 
     # -- checkpoints --------------------------------------------------------------------------
 
@@ -182,6 +185,7 @@ class Trainer:
                 with ema_views(self.acc, self.strategy, self.query, self.key) as (k_params, q_params):
                     ema_update_(k_params, q_params, m)
             self.step += 1
+        self._last_out = out
         return out.value
 
     def fit(self, stop_at_step: Optional[int] = None, stop: Optional[StopRequest] = None) -> dict:
@@ -242,7 +246,9 @@ class Trainer:
             if self.step % cfg.logging.every_steps == 0 or self.step == last_step:
                 self._check_finite()
                 elapsed = time.perf_counter() - window_start
-                log.log(self._record(self._last, window_samples / max(elapsed, 1e-9)))
+                record = self._record(self._last, window_samples / max(elapsed, 1e-9))
+                self._guard_collapse(log, record)
+                log.log(record)
                 window_start, window_samples = time.perf_counter(), 0
             if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0:
                 self._check_finite()
@@ -269,11 +275,23 @@ class Trainer:
                 f"model collapses); stopping without saving, {checkpoint_hint(self.ckpt_root)} "
                 "(lower optim.lr, enable optim.grad_clip)")
 
+    def _guard_collapse(self, log: RunLog, record: dict) -> None:
+        """Warn loudly, once per run, when the query embeddings stay collapsed (mlcdist/collapse.py);
+        the record of that window gets ``collapse_warning: true``."""
+        if "query_cosine" in record and self.collapse.update(record["query_cosine"]):
+            record["collapse_warning"] = True
+            log.message("[bold red]" + collapse_warning(self.step, record["query_cosine"], record["loss"],
+                                                        record["ln_candidates"], self.collapse.windows) + "[/]")
+
     def _record(self, value: torch.Tensor, samples_per_s: float) -> dict:
         record = {"step": self.step, "epoch": self.epoch, "loss": float(value),
                   "lr": self.optimizer.param_groups[0]["lr"], "samples_per_s": round(samples_per_s, 2)}
         if self.contrastive:
             record["queue_fill"] = float(self.queue.fill_fraction())
+            out = self._last_out
+            if out is not None and out.anchors is not None and out.anchors.shape[0] >= 2:
+                record["query_cosine"] = round(float(mean_pairwise_cosine(out.anchors)), 4)
+                record["ln_candidates"] = round(uniform_loss(int(out.num_candidates)), 4)
         if torch.cuda.is_available():
             record["gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
         return record
