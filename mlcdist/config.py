@@ -21,10 +21,12 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from mlcdist.errors import MlcdistError
+
 _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
-class ConfigError(ValueError):
+class ConfigError(MlcdistError):
     """A recipe problem, phrased as ``SOURCE: dotted.key: what is wrong; how to fix it``."""
 
 

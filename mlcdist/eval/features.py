@@ -15,6 +15,8 @@ produces (up to float rounding of different batch compositions; eval-mode BN is 
 
 from __future__ import annotations
 
+from mlcdist.errors import MlcdistError
+
 import hashlib
 import json
 import os
@@ -34,7 +36,7 @@ BACKBONE_PREFIX = "backbone."
 REQUIRED_KEYS = ("model", "config", "num_classes", "feature_dim", "arch", "loss")
 
 
-class EvalInputError(ValueError):
+class EvalInputError(MlcdistError):
     """A checkpoint, recipe or data problem, phrased with the file involved and the fix."""
 
 

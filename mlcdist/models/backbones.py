@@ -17,6 +17,8 @@ trains from scratch, so ``weights`` is normally null. Distributed wrapping and
 
 from __future__ import annotations
 
+from mlcdist.errors import MlcdistError
+
 from collections import OrderedDict
 from contextlib import nullcontext
 from pathlib import Path
@@ -32,7 +34,7 @@ FEATURE_WIDTHS = {"resnet18": 512, "resnet50": 2048, "vit_b_16": 768}
 _CLASSIFIER_PREFIXES = ("fc.", "heads.")  # torchvision classifier keys, dropped when loading
 
 
-class WeightsFileError(ValueError):
+class WeightsFileError(MlcdistError):
     """A ``model.weights`` file that cannot be read or does not fit the architecture."""
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from mlcdist.errors import MlcdistError
+
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import numpy as np
 from mlcdist.data.shards import SampleSpec
 
 
-class AnnotationError(ValueError):
+class AnnotationError(MlcdistError):
     """A malformed annotation file; the message names the file and the offending entry."""
 
 
