@@ -9,18 +9,23 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mlcdist.config import save_recipe
-from mlcdist.progress import console, eta_seconds, plain, step_line
+from mlcdist.progress import console as default_console, eta_seconds, plain, step_line
 
 
 class RunLog:
-    """Writes ``config.yaml`` and appends ``metrics.jsonl``; silent on non-main ranks."""
+    """Writes ``config.yaml`` and appends ``metrics.jsonl``; silent on non-main ranks.
+
+    ``console`` receives messages, the bar and (unless it is ``quiet``) the plain step lines;
+    a caller running many short trainings passes ``Console(quiet=True)``."""
 
     def __init__(self, run_dir: Path, cfg: Any, *, main: bool, total_steps: int, progress: bool,
-                 start_step: int = 0):
+                 start_step: int = 0, console: Optional[Console] = None):
         self.run_dir = run_dir
+        self.console = console = console or default_console
         self.main = main
         self._bar: Optional[Progress] = None
         self._total, self._start_step, self._start = total_steps, start_step, time.perf_counter()
@@ -47,7 +52,7 @@ class RunLog:
             return
         record = {"time": round(time.time(), 3), **record}
         self._metrics.write(json.dumps(record) + "\n")
-        if self._plain and not console.quiet and "step" in record:
+        if self._plain and not self.console.quiet and "step" in record:
             eta = eta_seconds(record["step"], self._total, time.perf_counter() - self._start, self._start_step)
             plain(step_line(record, self._total, eta))
         if self._bar is not None:
@@ -57,7 +62,7 @@ class RunLog:
 
     def message(self, text: str) -> None:
         if self.main:
-            console.print(text)
+            self.console.print(text)
 
     def close(self) -> None:
         if not self.main:

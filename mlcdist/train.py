@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+from rich.console import Console
 
 from mlcdist import checkpoint as ckpt
 from mlcdist.collapse import CollapseGuard, collapse_warning, mean_pairwise_cosine, uniform_loss
@@ -58,9 +59,12 @@ class NonFiniteState(NonFiniteLoss):
 class Trainer:
     """Owns the model, key encoder, queue, optimizer and counters of one pretraining run."""
 
-    def __init__(self, cfg: RecipeConfig, *, info: Optional[DatasetInfo] = None, loader=None):
-        """``info`` and ``loader`` default to the recipe's train shards; tests inject their own."""
+    def __init__(self, cfg: RecipeConfig, *, info: Optional[DatasetInfo] = None, loader=None,
+                 console: Optional[Console] = None):
+        """``info`` and ``loader`` default to the recipe's train shards; tests inject their own.
+        ``console`` (default: stderr) receives the run's messages and progress."""
         self.cfg = cfg
+        self.console = console
         self.acc = make_accelerator(cfg.precision.mixed, cfg.optim.grad_accum)
         self.strategy = detect_strategy(self.acc)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
@@ -199,7 +203,7 @@ class Trainer:
         if resume_from is not None:
             self.resume(resume_from)
         log = RunLog(self.run_dir, cfg, main=self.acc.is_main_process, total_steps=self.total_steps,
-                     progress=cfg.logging.progress, start_step=self.step)
+                     progress=cfg.logging.progress, start_step=self.step, console=self.console)
         if resume_from is not None:
             log.message(f"resumed from {resume_from} at step {self.step} (epoch {self.epoch})")
         log.message(f"[bold]mlcdist[/] {self.strategy.value} x{self.world}, {self.info.name}: "

@@ -447,9 +447,9 @@ def run_job(job: Job, data: VectorSet, sink: EventSink, fresh: bool,
 def quiet_trainer() -> None:
     """Silence the trainer's own console lines: they would tear the progress display (the run's
     ``metrics.jsonl`` and ``config.yaml`` keep everything they say)."""
-    from mlcdist import runlog
+    from mlcdist import progress
 
-    runlog.console.quiet = True
+    progress.console.quiet = True
 
 
 # Worker-process state, set once per process by ``_init_worker`` (data and events travel once,
