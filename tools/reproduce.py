@@ -63,6 +63,8 @@ from rich.progress import (
 from rich.table import Table
 from torch import Tensor
 
+from mlcdist.data.batch import DecodedViews
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MULAN = REPO.parent / "shared" / "data" / "mulan"
 RECIPES = REPO / "recipes"
@@ -187,7 +189,7 @@ def prepare(mulan: Path, dataset: str, shards: Path, console: Console,
 # ---------------------------------------------------------------------------------------------
 
 
-class PretrainLoader:
+class PretrainLoader(DecodedViews):
     """Two masked views per sample, the trainer's loader protocol (``set_epoch``, ``len``,
     iteration yielding ``{"views", "labels"}``). Each epoch is a fresh seeded permutation with the
     last partial batch dropped (as the shard pipeline does); views come from
