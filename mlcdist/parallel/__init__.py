@@ -30,5 +30,5 @@ __all__ = [
     "all_reduce_sum", "backward_and_step", "batch_norms", "deepspeed_config", "detect_strategy",
     "ema_views", "full_optimizer_state", "full_state_dict", "inner_optimizer", "load_full_state_dict",
     "load_optimizer_state", "local_shard", "make_accelerator", "prepare_replicated", "restart_accumulation", "shard_units",
-    "shuffled_keys", "unwrap", "use_cpu", "world", "wrap",
+    "shuffled_keys", "unwrap", "use_cpu", "world", "wrap", "zero_stage",
 ]

@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-import torch
 from torch import Tensor, nn
 
 from mlcdist.parallel.backend import Strategy, zero_stage
