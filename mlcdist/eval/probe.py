@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlcdist.config import ConfigError, EvalConfig
-from mlcdist.eval.features import EvalInputError, FeatureSet, collect
+from mlcdist.eval.features import FeatureSet, collect
 from mlcdist.metrics import METRICS, multilabel_metrics
 from mlcdist.parallel import (
     Strategy, all_reduce_sum, backward_and_step, full_state_dict, inner_optimizer, prepare_replicated, unwrap,

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mlcdist.errors import MlcdistError
 from mlcdist.metrics import (
     METRICS, multilabel_metrics, paper_protocol_metrics, per_class_average_precision,
     validation_tuned_metrics,
@@ -49,6 +50,25 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def build_report(result: Any, eval_cfg: Any, class_names: Sequence[str], *, checkpoint: str,
+                 pretrain_data: Optional[str], datasets: dict, num_rows: dict, mode: str,
+                 transfer: bool = False, random_init: bool = False) -> dict:
+    """The ``metrics.json`` record of one evaluation (``python -m mlcdist.eval`` and
+    ``tools.reproduce`` both write it): settings, data, the selected epoch's scores
+    (:func:`score_report`) and the history. ``result`` is an ``eval.probe.ProbeResult``."""
+    import dataclasses
+
+    return {
+        "mode": mode, "transfer": transfer, "random_init": random_init, "checkpoint": checkpoint,
+        "pretrain_data": pretrain_data, "selected_epoch": result.selected_epoch,
+        "epochs_run": result.epochs_run, "select_metric": eval_cfg.select_metric,
+        "datasets": datasets, "num_rows": num_rows,
+        **score_report(result.val_scores, result.val_targets, result.test_scores, result.test_targets,
+                       class_names),
+        "eval": dataclasses.asdict(eval_cfg), "history": result.history,
+    }
 
 
 def score_report(val_scores: Tensor, val_targets: Tensor, test_scores: Tensor, test_targets: Tensor,
@@ -218,12 +238,12 @@ def load_metrics(run: str | Path) -> dict:
     path = Path(run)
     path = path / "metrics.json" if path.is_dir() else path
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no metrics.json; pass an eval run folder written by "
+        raise MlcdistError(f"{path}: no metrics.json; pass an eval run folder written by "
                                 "python -m mlcdist.eval CHECKPOINT")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+        raise MlcdistError(f"{path}: not valid JSON ({err})") from None
 
 
 def compare_table(runs: Sequence[str | Path]):

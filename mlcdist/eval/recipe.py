@@ -1,0 +1,119 @@
+"""The eval recipe: checkpoint recipe <- eval recipe <- flags <- overrides, and its checks.
+
+The architecture always comes from the checkpoint. Splits named on the eval side replace the
+checkpoint's one by one; with ``eval.transfer`` they all come from the eval side (a transfer
+never mixes in the pretraining dataset's splits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Optional
+
+from mlcdist.config import RecipeConfig, apply_overrides, from_dict, load_raw, merge
+from mlcdist.data.info import DatasetInfo, index_location, load_dataset_info
+from mlcdist.eval.features import Checkpoint, EvalInputError
+
+SPLITS = ("train", "val", "test")
+ARCH_KEYS = ("arch", "mlp_dims")  # model keys that change the backbone's weights
+
+
+def resolve_recipe(ckpt: Optional[Checkpoint], recipe: Optional[str],
+                   overrides: list[str]) -> tuple[RecipeConfig, bool]:
+    """``(config, data_named)``: checkpoint recipe <- eval recipe <- overrides (module docstring)."""
+    eval_side = apply_overrides(load_raw(recipe) if recipe else {}, overrides)
+    base = ckpt.recipe if ckpt else {}
+    if ckpt is not None:
+        wanted = eval_side.get("model", {}) if isinstance(eval_side.get("model"), dict) else {}
+        pretrained = {**dataclasses.asdict(RecipeConfig().model), **base.get("model", {})}
+        clashes = [f"model.{k}: checkpoint {pretrained.get(k)!r}, eval side {wanted[k]!r}"
+                   for k in ARCH_KEYS if k in wanted and wanted[k] != pretrained.get(k)]
+        if clashes:
+            raise EvalInputError(f"{ckpt.path}: architecture mismatch ({'; '.join(clashes)}); the "
+                                 "architecture comes from the checkpoint, drop model.* from the eval recipe")
+    merged = merge(base, eval_side)
+    data_side = eval_side.get("data", {}) if isinstance(eval_side.get("data"), dict) else {}
+    named = any(split in data_side for split in SPLITS)
+    if named and merged.get("eval", {}).get("transfer"):  # never mix in the pretraining splits
+        merged.setdefault("data", {}).update({split: data_side.get(split, "") for split in SPLITS})
+    source = " + ".join(([f"{ckpt.path} (config)"] if ckpt else []) + ([recipe] if recipe else []))
+    if overrides:
+        source += f" (with overrides {' '.join(overrides)})"
+    return from_dict(merged, source or "<defaults>"), named
+
+
+def split_infos(cfg: RecipeConfig) -> dict[str, DatasetInfo]:
+    """``dataset.json`` of each named split; a missing one names the expected file and the fix."""
+    if not cfg.data.train:
+        raise EvalInputError("data.train: no train split named; set it in the eval recipe or with --train")
+    if not cfg.data.test:
+        raise EvalInputError("data.test: no test split named; results are reported on a test split, "
+                             "set data.test in the eval recipe or with --test")
+    infos = {}
+    for split in SPLITS:
+        location = getattr(cfg.data, split)
+        if not location:
+            continue
+        try:
+            infos[split] = load_dataset_info(location)
+        except FileNotFoundError:
+            expected = index_location(location)[1]
+            raise EvalInputError(
+                f"data.{split}: {expected} not found; make the shards first, e.g. "
+                f"`python -m tools.make_shards digits --out shards/digits` for the demo, or "
+                f"`python -m tools.make_shards SOURCE ... --out {location}` "
+                "(see python -m tools.make_shards --help)") from None
+    return infos
+
+
+def check_compatible(cfg: RecipeConfig, ckpt: Optional[Checkpoint], infos: dict[str, DatasetInfo]) -> None:
+    """Modality, vector length, class count and class names agree (errors name both sides)."""
+    train = infos["train"]
+    for split, info in infos.items():
+        if info.class_names != train.class_names:
+            raise EvalInputError(f"data.{split} ({info.name}, {info.num_classes} classes) and data.train "
+                                 f"({train.name}, {train.num_classes} classes) have different classes; "
+                                 "all eval splits must come from one dataset")
+        if (info.modality, info.feature_dim) != (train.modality, train.feature_dim):
+            raise EvalInputError(f"data.{split} ({info.name}) holds {info.modality} data"
+                                 f"{f' of {info.feature_dim}-d' if info.feature_dim else ''}, data.train "
+                                 f"({train.name}) {train.modality}"
+                                 f"{f' of {train.feature_dim}-d' if train.feature_dim else ''}; "
+                                 "all eval splits must come from one dataset")
+    vector = cfg.model.arch == "mlp"
+    if (train.modality == "vector") != vector:
+        raise EvalInputError(f"model.arch {cfg.model.arch} takes {'vector' if vector else 'image'} data, "
+                             f"but {cfg.data.train} ({train.name}) holds {train.modality} data")
+    if ckpt is None:
+        return
+    if ckpt.arch != cfg.model.arch:
+        raise EvalInputError(f"{ckpt.path}: architecture mismatch: checkpoint {ckpt.arch}, recipe "
+                             f"model.arch {cfg.model.arch}")
+    if vector and ckpt.feature_dim != train.feature_dim:
+        raise EvalInputError(f"{ckpt.path}: the encoder takes {ckpt.feature_dim}-d vectors, but "
+                             f"{cfg.data.train} ({train.name}) holds {train.feature_dim}-d vectors")
+    if not cfg.eval.transfer and ckpt.num_classes != train.num_classes:
+        raise EvalInputError(
+            f"class count mismatch: {ckpt.path} was pretrained on {ckpt.num_classes} classes, but "
+            f"{cfg.data.train} ({train.name}) has {train.num_classes}; evaluate on the pretraining "
+            "dataset, or pass --transfer (eval.transfer=true) to probe/finetune on another one")
+
+
+def output_dir(args: argparse.Namespace, cfg: RecipeConfig, ckpt: Optional[Checkpoint],
+               random_init: bool, train: DatasetInfo) -> Path:
+    if args.out:
+        return Path(args.out)
+    name = cfg.eval.mode + (f"-transfer-{train.name}" if cfg.eval.transfer else "") + \
+        ("-random" if random_init else "")
+    return (ckpt.run_dir if ckpt else Path(cfg.logging.run_dir)) / "eval" / name
+
+
+def flag_overrides(args: argparse.Namespace) -> list[str]:
+    pairs = [("eval.mode", args.mode), ("data.train", args.train), ("data.val", args.val),
+             ("data.test", args.test)]
+    # JSON strings are YAML strings: a folder named e.g. "2007" or "on" stays a string
+    return [f"{k}={json.dumps(str(v))}" for k, v in pairs if v is not None] + \
+        (["eval.transfer=true"] if args.transfer else [])
