@@ -8,7 +8,7 @@
 # Parts (each time-capped; a failing part is recorded in the JSON and the others still run):
 #   1. precision matrix: DDP / FSDP2 / ZeRO-1/2/3 x precision.mixed no / bf16 / fp16 x ResNet-18,
 #      ResNet-50, small ViT (BN projection head), 2 Trainer steps each, world size 1 per backend
-#      (bench/precision_matrix.py -> tests/dist_precision_worker.py)
+#      (bench/precision_matrix.py -> tests/support/dist_precision_worker.py)
 #   2. about one minute of the image demo (recipes/demo_image.yaml, digits mosaics as JPEG shards
 #      made locally by tools.make_shards, bf16), capped by schedule.max_steps and a timeout
 #   3. bench/step.py at ResNet-50, 224 px, batch 128, queue 65,536, 365 classes

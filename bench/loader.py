@@ -26,7 +26,7 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 from mlcdist.config import AugmentConfig, DataConfig  # noqa: E402
 from mlcdist.data.augment import decode_image, draft_side  # noqa: E402

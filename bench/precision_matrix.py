@@ -3,12 +3,12 @@
     python bench/precision_matrix.py [--nproc N] [--backends ddp,fsdp2,zero1,zero2,zero3]
                                      [--combos resnet18:no,resnet18:bf16,vit:fp16,...] [--json FILE]
 
-One ``torchrun`` launch per backend runs ``tests/dist_precision_worker.py`` over every
+One ``torchrun`` launch per backend runs ``tests/support/dist_precision_worker.py`` over every
 combination (process start and DeepSpeed init dominate). On CUDA the worker uses the GPU
 (``--nproc 1`` on one GPU); without one, CPU/gloo (``ACCELERATE_USE_CPU=true``). Prints a
 table and writes, per backend and combination: step losses, seconds, the largest relative L2
 weight difference against the same backend's fp32 run, and (fp32) against DDP's.
-``tests/test_precision_matrix.py`` asserts on the same results.
+``tests/e2e/test_precision_matrix.py`` asserts on the same results.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-WORKER = REPO / "tests" / "dist_precision_worker.py"
+WORKER = REPO / "tests" / "support" / "dist_precision_worker.py"
 
 BACKENDS = {
     "ddp": {},

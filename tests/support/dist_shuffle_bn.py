@@ -1,4 +1,4 @@
-"""Shuffle-BN across 2 ranks; launched by tests/test_distributed.py (rank 0 writes OUT.pt)."""
+"""Shuffle-BN across 2 ranks; launched by tests/e2e/test_distributed.py (rank 0 writes OUT.pt)."""
 
 import sys
 

@@ -1,11 +1,11 @@
-"""Every backend x precision x image architecture trains (tests/dist_precision_worker.py).
+"""Every backend x precision x image architecture trains (tests/support/dist_precision_worker.py).
 
 2 processes on CPU/gloo, 64 px, torchvision ResNet-18 and a small torchvision ViT, BN projection
 head, shuffle-BN keys, momentum encoder, queue; 2 real Trainer steps per combination.
 
 * every combination gives finite losses;
 * fp32: FSDP2 and ZeRO-1/2/3 equal DDP (losses, query and EMA key weights) to the tolerance of
-  tests/test_distributed.py;
+  tests/e2e/test_distributed.py;
 * bf16 stays within BF16_LOSS_RTOL of the same backend's fp32 losses, and the query + key
   weights within BF16_WEIGHT_RTOL (relative L2, all tensors together) of fp32, after 2 steps;
 * fp16 runs on CUDA only; on CPU it is refused at start-up with a one-line error (test below).
@@ -19,15 +19,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from precision_matrix import launch, summary, table, weight_rel  # noqa: E402
+from bench.precision_matrix import launch, summary, table, weight_rel
 
-REPO = Path(__file__).resolve().parents[1]
+from support.paths import REPO
+
 FULL = os.environ.get("MLCDIST_FULL_MATRIX", "") == "1"
 RUN_BACKENDS = ["ddp", "fsdp2", "zero1", "zero2", "zero3"] if FULL else ["ddp", "fsdp2", "zero2"]
 COMBOS = ["resnet18:no", "resnet18:bf16", "vit:no", "vit:bf16"]

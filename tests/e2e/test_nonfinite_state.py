@@ -4,15 +4,13 @@ the run exited 0 and every kept checkpoint held inf)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_trainer import recipe, shards  # noqa: E402,F401  (module fixture reused)
+from support.vector_run import recipe
 
 from mlcdist import checkpoint as ckpt
 from mlcdist.config import from_dict

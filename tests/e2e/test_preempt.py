@@ -1,6 +1,6 @@
 """SIGTERM / SIGINT end a running pretraining with a checkpoint; the restart equals a straight run.
 
-Real signals to real runs: ``tests/preempt_worker.py`` runs ``python -m mlcdist.train``'s
+Real signals to real runs: ``tests/support/preempt_worker.py`` runs ``python -m mlcdist.train``'s
 ``main`` on tiny vector shards with a slowed-down loader, under torchrun (2 processes, gloo)
 or alone.
 """
@@ -20,11 +20,12 @@ import pytest
 import torch
 import yaml
 
-from shardgen import write_split
+from support.paths import SUPPORT
+from support.shardgen import write_split
 
 from mlcdist.train.preempt import StopRequest
 
-WORKER = Path(__file__).with_name("preempt_worker.py")
+WORKER = SUPPORT / "preempt_worker.py"
 REPO = WORKER.parents[1]
 MESSAGE = "; checkpoint written; run the same command to resume"
 

@@ -1,6 +1,6 @@
 """``python -m mlcdist.train`` with a slowed-down loader, so a test can signal a running run.
 
-    [torchrun --nproc_per_node 2] tests/preempt_worker.py RECIPE [key=value ...]
+    [torchrun --nproc_per_node 2] tests/support/preempt_worker.py RECIPE [key=value ...]
 
 Each rank writes its pid to ``RUN_DIR/pid-rank{RANK}`` (so a test can signal one rank) and then
 runs the real CLI; every batch is delayed by ``PREEMPT_TEST_DELAY`` seconds (default 0.15).

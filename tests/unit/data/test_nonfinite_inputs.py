@@ -3,15 +3,12 @@ and counts them like corrupt images (they used to pass ``verify`` and crash trai
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from shardgen import npy_bytes, write_split  # noqa: E402
+from support.shardgen import npy_bytes, write_split
 
 from mlcdist.config import AugmentConfig, DataConfig
 from mlcdist.data.info import load_dataset_info

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from shardgen import write_split  # noqa: E402
+from support.shardgen import write_split
 
 from mlcdist.config import AugmentConfig, DataConfig
 from mlcdist.data.pipeline import make_loader, multi_hot, resolve

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from support.paths import REPO
 from mlcdist.config import (
     ConfigError,
     RecipeConfig,
@@ -16,7 +17,6 @@ from mlcdist.config import (
     save_recipe,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def write(path: Path, text: str) -> Path:

@@ -1,6 +1,6 @@
-"""Runs a few real Trainer steps on fixed global batches; launched by tests/test_distributed.py.
+"""Runs a few real Trainer steps on fixed global batches; launched by tests/e2e/test_distributed.py.
 
-    ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 tests/dist_worker.py OUT.pt [key=value ...]
+    ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 tests/support/dist_worker.py OUT.pt [key=value ...]
 
 Every rank takes its slice of the same global batches, so N processes x batch b see exactly the
 samples 1 process x batch N*b sees. Rank 0 saves the final query/key weights and losses.

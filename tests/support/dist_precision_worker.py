@@ -2,7 +2,7 @@
 
     ACCELERATE_USE_CPU=true [ACCELERATE_USE_FSDP=true | ACCELERATE_USE_DEEPSPEED=true
         ACCELERATE_DEEPSPEED_ZERO_STAGE=N] torchrun --nproc_per_node 2 \\
-        tests/dist_precision_worker.py OUT.pt resnet18:no resnet18:bf16 vit:fp16 ...
+        tests/support/dist_precision_worker.py OUT.pt resnet18:no resnet18:bf16 vit:fp16 ...
 
 One launch loops over several combinations (process start and DeepSpeed init dominate), each
 with a fresh Trainer on the image recipe's model: torchvision ResNet-18 (BatchNorm backbone)

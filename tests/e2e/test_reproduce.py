@@ -21,9 +21,8 @@ from tools.make_shards import main as make_shards
 from tools.reproduce import PAPER_MULSUPCON, load_vectors
 from tools.reproduce import main as reproduce
 
-MULAN = Path(__file__).resolve().parents[2] / "shared" / "data" / "mulan"
-needs_mulan = pytest.mark.skipif(not (MULAN / "yeast" / "yeast-train.arff").is_file(),
-                                 reason=f"Mulan data not present in {MULAN}")
+from support.paths import MULAN, needs_mulan
+
 
 TOY = """@relation toy
 @attribute f1 numeric

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from shardgen import write_split
+from support.shardgen import write_split
 
 from mlcdist.config import from_dict
 from mlcdist.data import cpus

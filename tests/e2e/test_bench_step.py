@@ -7,9 +7,10 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from support.paths import REPO
+
+ROOT = REPO
 
 
 def test_bench_step_prints_four_modes(tmp_path):

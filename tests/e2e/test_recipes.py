@@ -21,7 +21,9 @@ from mlcdist.train import Trainer
 from tests.shardgen import write_split
 from tools.make_shards import build_parser
 
-ROOT = Path(__file__).resolve().parents[1]
+from support.paths import REPO
+
+ROOT = REPO
 RECIPES = ROOT / "recipes"
 TRAINING = sorted(RECIPES.glob("*.yaml"))
 BASES = sorted((RECIPES / "base").glob("*.yaml"))

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_sources import coco_tree, read_back, write_image  # noqa: E402
+from support.paths import MULAN, needs_mulan
+from support.image_trees import coco_tree, read_back, write_image
 
 from mlcdist.data.info import load_dataset_info
 from mlcdist.data.shards import (
@@ -25,8 +24,6 @@ from mlcdist.data.shards import (
 from mlcdist.data.verify import verify
 from tools.make_shards import main
 
-MULAN = Path(__file__).resolve().parents[2] / "shared" / "data" / "mulan"
-needs_mulan = pytest.mark.skipif(not (MULAN / "yeast").is_dir(), reason="Mulan data not present")
 
 
 def image_specs(root: Path, count: int = 9) -> list[SampleSpec]:

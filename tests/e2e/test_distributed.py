@@ -1,6 +1,6 @@
 """2 processes x batch b == 1 process x batch 2b: losses, query and key (EMA) weights, queue.
 
-Each backend runs the real Trainer through torchrun on CPU with gloo (see tests/dist_worker.py).
+Each backend runs the real Trainer through torchrun on CPU with gloo (see tests/support/dist_worker.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-WORKER = Path(__file__).with_name("dist_worker.py")
+from support.paths import SUPPORT
+
+WORKER = SUPPORT / "dist_worker.py"
 REPO = WORKER.parents[1]
 
 BACKENDS = {

@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +14,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-sys.path.insert(0, str(Path(__file__).parent))
-from shardgen import jpeg_bytes, write_split  # noqa: E402
+from support.shardgen import jpeg_bytes, write_split
 
 from mlcdist.config import AugmentConfig, DataConfig, from_dict
 from mlcdist.data import gpu_augment as ga

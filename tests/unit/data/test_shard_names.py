@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from shardgen import write_split  # noqa: E402
+from support.shardgen import write_split
 
 from mlcdist.config import AugmentConfig, DataConfig
 from mlcdist.data.info import join_url, load_dataset_info

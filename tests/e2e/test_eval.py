@@ -20,6 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
+from support.paths import REPO
 from mlcdist.config import from_dict, load_recipe
 from mlcdist.data.shards import EncodedSample, npy_bytes, write_dataset
 from mlcdist.data.sources.digits import digit_mosaics
@@ -29,17 +30,10 @@ from mlcdist.eval.features import load_features
 from mlcdist.metrics import METRICS, PAPER_PROTOCOL
 from mlcdist.train import Trainer
 
-REPO = Path(__file__).resolve().parents[1]
 FAST = ["data.num_workers=0", "--no-plots"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The 2-core CI box is shared: one intra-op thread avoids 10x oversubscription slowdowns."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def write_vectors(out: Path, x: np.ndarray, y: np.ndarray, name: str) -> Path:

@@ -1,0 +1,36 @@
+"""Shared fixtures. Layout: ``unit/`` mirrors ``mlcdist/`` (one module's behaviour, fast),
+``e2e/`` runs commands and whole runs (trainer, distributed, eval, recipes, reproduce),
+``support/`` holds helpers and the torchrun workers (imported as ``support.*``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from support.paths import MULAN
+from support.vector_run import write_toy_shards
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """The toy vector data set of ``support.vector_run`` (module-scoped: written once)."""
+    return write_toy_shards(tmp_path_factory.mktemp("shards") / "train")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The 2-core CI box is shared: one intra-op thread avoids 10x oversubscription slowdowns."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def mulan() -> Path:
+    """The official Mulan splits (``MLCDIST_MULAN``); the test is skipped without them."""
+    if not (MULAN / "yeast" / "yeast-train.arff").is_file():
+        pytest.skip(f"Mulan data not present in {MULAN} (set MLCDIST_MULAN)")
+    return MULAN
