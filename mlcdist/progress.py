@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 T = TypeVar("T")
 
-# The one console of the trainer and eval (``mlcdist.runlog.console`` is this object): setting
+# The one console of the trainer and eval (``RunLog`` uses it unless given another): setting
 # ``console.quiet`` (tools/reproduce.py does) silences bars and plain lines alike.
 console = Console(stderr=True, soft_wrap=True)  # log files: no hard wraps at 80 columns
 

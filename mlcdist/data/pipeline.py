@@ -340,7 +340,7 @@ class Loader:
 
 def ignore_stop_signals(worker_id: int) -> None:
     """Loader workers ignore SIGINT/SIGTERM: Ctrl-C and SLURM signal the whole process group,
-    and the main process must finish its step and checkpoint (``mlcdist/preempt.py``) on batches
+    and the main process must finish its step and checkpoint (``mlcdist/train/preempt.py``) on batches
     the workers still deliver. The workers end with the main process as usual."""
     import signal
 

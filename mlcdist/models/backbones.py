@@ -12,7 +12,7 @@ statistics are exactly those of the plain model.
 
 Weights come only from a LOCAL file (``cfg.weights``): nothing is ever downloaded. The paper
 trains from scratch, so ``weights`` is normally null. Distributed wrapping and
-``channels_last`` live elsewhere (``mlcdist/parallel.py``, the trainer).
+``channels_last`` live elsewhere (``mlcdist/parallel/``, the trainer).
 """
 
 from __future__ import annotations

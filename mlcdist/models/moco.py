@@ -10,7 +10,7 @@ statistics of the batch it sees and updates its OWN running buffers from its own
 passes (buffers are never copied from the query; the EMA touches parameters only). To stop
 the query and key seeing the same batch statistics (a shortcut the contrastive loss can
 exploit), the trainer applies MoCo's shuffle-BN around :meth:`ContrastiveModel.encode_keys`:
-it permutes the key batch across ranks, encodes, and un-permutes (``mlcdist/parallel.py``,
+it permutes the key batch across ranks, encodes, and un-permutes (``mlcdist/parallel/``,
 ``model.key_bn=shuffle``). On one process shuffle-BN degenerates (a permutation of the same
 batch has the same statistics), so a single process runs without that protection; nothing
 here changes between the two cases.

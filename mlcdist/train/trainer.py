@@ -150,7 +150,7 @@ class Trainer:
 
     def fit(self, stop_at_step: Optional[int] = None, stop: Optional[StopRequest] = None) -> dict:
         """Train to ``schedule`` end; ``stop_at_step`` simulates a preemption (checkpoint, stop);
-        ``stop`` (SIGTERM/SIGINT, ``mlcdist/preempt.py``) ends after the step all ranks agree on,
+        ``stop`` (SIGTERM/SIGINT, ``mlcdist/train/preempt.py``) ends after the step all ranks agree on,
         with a checkpoint; the summary's ``interrupted`` is then that signal's number (else 0)."""
         cfg = self.cfg
         self._stop, self.interrupted = stop, 0
@@ -236,7 +236,7 @@ class Trainer:
                 "(lower optim.lr, enable optim.grad_clip)")
 
     def _guard_collapse(self, log: RunLog, record: dict) -> None:
-        """Warn loudly, once per run, when the query embeddings stay collapsed (mlcdist/collapse.py);
+        """Warn loudly, once per run, when the query embeddings stay collapsed (mlcdist/train/collapse.py);
         the record of that window gets ``collapse_warning: true``."""
         if "query_cosine" in record and self.collapse.update(record["query_cosine"]):
             record["collapse_warning"] = True

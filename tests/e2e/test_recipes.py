@@ -18,7 +18,7 @@ import yaml
 
 from mlcdist.config import dump_yaml, from_dict, load_recipe
 from mlcdist.train import Trainer
-from tests.shardgen import write_split
+from support.shardgen import write_split
 from tools.make_shards import build_parser
 
 from support.paths import REPO
