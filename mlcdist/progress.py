@@ -20,7 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 T = TypeVar("T")
 
 # The one console of the trainer and eval (``mlcdist.runlog.console`` is this object): setting
-# ``console.quiet`` (tools/reproduce.py does) silences bars and plain lines alike.
+# ``console.quiet`` silences bars and plain lines alike (callers pass their own console instead:
+# ``Trainer(console=Console(quiet=True))``, as tools/reproduce does).
 console = Console(stderr=True, soft_wrap=True)  # log files: no hard wraps at 80 columns
 
 
