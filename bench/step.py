@@ -48,7 +48,8 @@ from mlcdist.config import from_dict  # noqa: E402
 from mlcdist.data.info import load_dataset_info  # noqa: E402
 from mlcdist.data.shards import EncodedSample, write_dataset  # noqa: E402
 from mlcdist.queue import LabelledKeyQueue  # noqa: E402
-from mlcdist.step import contrastive_loss  # noqa: E402
+from mlcdist.data.batch import DecodedViews  # noqa: E402
+from mlcdist.train.objective import contrastive_loss  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -165,6 +166,22 @@ def recipe(args, shards: str, aug_device: str) -> dict:
     }
 
 
+class OneBatch(DecodedViews):
+    """A loader of one fixed, already on-device batch (the step alone, no data pipeline)."""
+
+    def __init__(self, batch: dict):
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return 1
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        pass
+
+    def __iter__(self):
+        yield self.batch
+
+
 def moco_synthetic(args, shards: str) -> dict:
     from mlcdist.train import Trainer
 
@@ -173,7 +190,7 @@ def moco_synthetic(args, shards: str) -> dict:
     views = tuple(torch.randn(args.batch, 3, args.image_size, args.image_size, generator=g).to(DEVICE)
                   for _ in range(2))
     batch = {"views": views, "labels": synthetic_labels(args.batch, info.num_classes, g)}
-    trainer = Trainer(from_dict(recipe(args, shards, "cpu")), info=info, loader=[batch])
+    trainer = Trainer(from_dict(recipe(args, shards, "cpu")), info=info, loader=OneBatch(batch))
     total, wait = timed(trainer.train_step, repeat(batch), args.warmup, args.steps)
     loss_s = loss_and_queue(args, trainer, batch["labels"])
     return {"seconds": total, "wait": wait, "loss_share": loss_s / total}
@@ -196,6 +213,7 @@ def loss_and_queue(args, trainer, labels: torch.Tensor) -> float:
             out = contrastive_loss(identity, identity, queue, (anchors, keys), labels, trainer.cfg.loss,
                                    shuffle_seed=0, shuffle_bn=False)
         out.loss.backward()
+        queue.enqueue_(out.keys, out.key_labels)
 
     return timed(step, repeat(None), args.warmup, args.steps)[0]
 

@@ -12,7 +12,7 @@ import time
 
 import torch.distributed as dist
 
-from mlcdist.preempt import StopRequest
+from mlcdist.train.preempt import StopRequest
 
 if __name__ == "__main__":
     calls = int(sys.argv[1]) if len(sys.argv) > 1 else 2000

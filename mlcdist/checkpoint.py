@@ -1,15 +1,30 @@
-"""Atomic checkpoints with keep-last-k and exact resume.
+"""Atomic checkpoints with keep-last-k and exact resume; the one owner of the ``state.pt`` format.
 
 Layout of ``RUN_DIR/checkpoints/``::
 
     step-00001200/            one folder per checkpoint, written as .tmp-step-... then renamed
-        state.pt              model, key encoder, optimizer, queue, counters, config (rank 0)
+        state.pt              STATE_KEYS below (rank 0)
         rng-rank0.pt ...      each rank's RNG states
         deepspeed/            the engine's own (sharded) checkpoint, DeepSpeed runs only
     latest                    text file naming the newest complete folder, replaced atomically
 
 A crash mid-save leaves only a ``.tmp-*`` folder behind; ``latest`` still names the last good
 checkpoint. Everything loads with ``torch.load(weights_only=True)``.
+
+``state.pt`` holds (the trainer writes it, eval reads it, both through this module):
+
+==============  ==============================================================================
+key             value
+==============  ==============================================================================
+model           the query encoder's full state dict (``backbone.*`` + ``head.*``, or
+                ``backbone.*`` + ``classifier.*`` for a supervised baseline)
+key             the momentum key encoder's state dict (contrastive runs)
+optimizer       full optimizer state (None under DeepSpeed: its engine folder holds it)
+queue           the labelled key queue; ``scaler``: fp16 loss scaler (``{}`` if none)
+counters        ``{"step", "epoch", "micro"}``; ``world_size``: processes of the run
+config          the resolved recipe as YAML text (architecture, loss, data, ...)
+num_classes     classes of the training set; ``feature_dim``: vector width (None for images)
+==============  ==============================================================================
 """
 
 from __future__ import annotations
@@ -23,11 +38,23 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from mlcdist.errors import MlcdistError
+
 LATEST = "latest"
+STATE_FILE = "state.pt"
+REQUIRED_KEYS = ("model", "config", "num_classes", "feature_dim")  # what eval needs
+
+
+class CheckpointError(MlcdistError):
+    """A checkpoint location that holds no readable mlcdist checkpoint; names the file."""
 
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"
+
+
+def rng_file(rank: int) -> str:
+    return f"rng-rank{rank}.pt"
 
 
 def rng_state() -> dict[str, Any]:
@@ -90,19 +117,58 @@ def find_resume(root: Path, resume: Optional[str]) -> Optional[Path]:
         return None
     if resume != "auto":
         path = Path(resume)
-        if not (path / "state.pt").exists():
-            raise FileNotFoundError(f"checkpoint.resume: {path} holds no state.pt; pass a "
+        if not (path / STATE_FILE).exists():
+            raise CheckpointError(f"checkpoint.resume: {path} holds no {STATE_FILE}; pass a "
                                     f"checkpoint folder such as {root / checkpoint_name(1000)}")
         return path
     pointer = root / LATEST
     if not pointer.exists():
         return None
     path = root / pointer.read_text().strip()
-    if not (path / "state.pt").exists():
-        raise FileNotFoundError(f"{pointer} names {path}, which holds no state.pt; "
+    if not (path / STATE_FILE).exists():
+        raise CheckpointError(f"{pointer} names {path}, which holds no {STATE_FILE}; "
                                 "delete the pointer or set checkpoint.resume to a good folder")
     return path
 
 
 def load_file(path: Path) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def resolve(location: str | Path) -> Path:
+    """A ``state.pt`` file, a ``step-N`` folder, a ``checkpoints`` folder or a run folder (the
+    latter two through their ``latest`` pointer, else the newest ``step-*``) -> the state.pt."""
+    path = Path(location)
+    if path.is_file():
+        return path
+    if (path / STATE_FILE).is_file():
+        return path / STATE_FILE
+    for root in (path, path / "checkpoints"):
+        pointer = root / LATEST
+        if pointer.is_file():
+            named = root / pointer.read_text().strip() / STATE_FILE
+            if named.is_file():
+                return named
+            raise CheckpointError(f"{pointer} names {named.parent}, which holds no {STATE_FILE}; "
+                                  "pass a step-NNNNNNNN folder explicitly")
+        steps = sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file())
+        if steps:
+            return steps[-1] / STATE_FILE
+    raise CheckpointError(
+        f"{location}: no checkpoint found; pass a run folder, RUN/checkpoints, "
+        f"RUN/checkpoints/step-NNNNNNNN or its {STATE_FILE} (written by python -m mlcdist.train), "
+        "or 'random' for a randomly initialised encoder")
+
+
+def read(path: Path) -> dict[str, Any]:
+    """``state.pt`` as a dict with :data:`REQUIRED_KEYS` (memory-mapped, ``weights_only``)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: "
+                              f"{err}); pass a {STATE_FILE} written by python -m mlcdist.train") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not an mlcdist pretraining checkpoint (missing {missing}); "
+                              f"pass a {STATE_FILE} written by python -m mlcdist.train")
+    return state

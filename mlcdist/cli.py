@@ -2,7 +2,8 @@
 
     python -m mlcdist.train | mlcdist.eval | tools.make_shards | tools.reproduce
 
-each end in ``sys.exit(run(main))``. :class:`~mlcdist.errors.MlcdistError` (and the user-facing
+each define ``main`` under the :func:`command` decorator (so that calling ``main(argv)`` from
+Python or a test behaves like the command line) and end in ``sys.exit(main())``. :class:`~mlcdist.errors.MlcdistError` (and the user-facing
 ``FileNotFoundError`` of a missing path) becomes one line on stderr, printed once per job (rank
 0 of a distributed run) and the error's exit code (2 for bad input); a ``KeyboardInterrupt``
 outside the trainer's own handler exits 130 without a traceback; every exit destroys the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import wraps
 from typing import Callable, Optional
 
 from mlcdist.errors import USER_ERROR, MlcdistError
@@ -51,3 +53,13 @@ def run(main: Callable[[Optional[list[str]]], int], argv: Optional[list[str]] = 
         return 130
     finally:
         teardown()
+
+
+def command(main: Callable[[Optional[list[str]]], int]) -> Callable[[Optional[list[str]]], int]:
+    """Decorator: ``main(argv)`` runs through :func:`run` (error lines, exit codes, teardown)."""
+
+    @wraps(main)
+    def wrapper(argv: Optional[list[str]] = None) -> int:
+        return run(main, argv)
+
+    return wrapper

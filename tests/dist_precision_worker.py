@@ -29,6 +29,7 @@ import torch
 import torchvision
 import torch.distributed as dist
 
+from mlcdist.data.batch import DecodedViews
 from mlcdist.config import from_dict
 from mlcdist.data.info import DatasetInfo
 from mlcdist.models import backbones
@@ -55,7 +56,7 @@ def small_vit():
         backbones.FEATURE_WIDTHS["vit_b_16"], backbones.torchvision.models.vit_b_16 = saved
 
 
-class SliceLoader:
+class SliceLoader(DecodedViews):
     """The rank's slice of fixed global batches of two 3 x SIZE x SIZE views (64 px) and multi-hot labels."""
 
     def __init__(self, rank: int, world: int):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from mlcdist.data.batch import DecodedViews
 from mlcdist.config import from_dict
 from mlcdist.data.info import DatasetInfo
 from mlcdist.parallel import full_state_dict
@@ -21,7 +22,7 @@ from mlcdist.train import Trainer
 GLOBAL_BATCH, STEPS, DIM, CLASSES = 8, 4, 12, 5
 
 
-class SliceLoader:
+class SliceLoader(DecodedViews):
     """The rank's slice of fixed global batches (vector views and multi-hot labels)."""
 
     def __init__(self, rank: int, world: int):

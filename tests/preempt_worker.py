@@ -30,6 +30,9 @@ class SlowLoader:
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.inner.set_epoch(epoch, skip_batches)
 
+    def to_device(self, batch, device, **kwargs):
+        return self.inner.to_device(batch, device, **kwargs)
+
     def __iter__(self):
         for batch in self.inner:
             time.sleep(self.delay)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlcdist.collapse import CollapseGuard, mean_pairwise_cosine, uniform_loss
+from mlcdist.train.collapse import CollapseGuard, mean_pairwise_cosine, uniform_loss
 from mlcdist.config import from_dict
 from mlcdist.data.shards import EncodedSample, npy_bytes, write_dataset
 from mlcdist.train import Trainer

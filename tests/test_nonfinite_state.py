@@ -16,7 +16,7 @@ from test_trainer import recipe, shards  # noqa: E402,F401  (module fixture reus
 
 from mlcdist import checkpoint as ckpt
 from mlcdist.config import from_dict
-from mlcdist.health import first_non_finite
+from mlcdist.train.health import first_non_finite
 from mlcdist.train import NonFiniteState, Trainer, main
 
 COLLAPSE = {"name": "sgd", "lr": 1e6}  # finite loss, inf BatchNorm running_var within a few steps

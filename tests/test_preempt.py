@@ -22,7 +22,7 @@ import yaml
 
 from shardgen import write_split
 
-from mlcdist.preempt import StopRequest
+from mlcdist.train.preempt import StopRequest
 
 WORKER = Path(__file__).with_name("preempt_worker.py")
 REPO = WORKER.parents[1]

@@ -50,6 +50,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 from mlcdist.config import AugmentConfig, DataConfig
 from mlcdist.data import augment as aug
 from mlcdist.data import gpu_augment
+from mlcdist.data.batch import PretrainBatch, views_to_device
 from mlcdist.data.info import DatasetInfo, join_url, load_dataset_info
 from mlcdist.data.plan import PlanMode, batches_per_rank, mix_seed, plan_worker
 
@@ -293,6 +294,16 @@ class Loader:
         self.stream = stream
         self.info = stream.info
         self.skipped = 0
+
+    def to_device(self, batch: dict, device: torch.device, *, step: int, micro: int,
+                  channels_last: bool = False) -> PretrainBatch:
+        """On-device views and labels: raw-JPEG batches (``augment.device: gpu``) are decoded
+        and augmented on ``device`` with a seed of (data seed, epoch, step, micro, rank)."""
+        if "jpeg" in batch:
+            data = self.stream.data
+            seed = mix_seed(data.seed, self.epoch, step, micro, self.stream.rank)
+            batch = gpu_augment.device_views(batch, self.stream.augment, device, seed)
+        return views_to_device(batch, device, channels_last=channels_last)
 
     def __len__(self) -> int:
         return self.stream.batches

@@ -1,6 +1,6 @@
 """Checkpoints in, frozen backbone features out: resolve, rebuild, check, extract, gather, cache.
 
-A pretraining checkpoint (``mlcdist/train.py``) is ``RUN/checkpoints/step-NNNNNNNN/state.pt``
+A pretraining checkpoint (``mlcdist/checkpoint.py`` has its format) is ``RUN/checkpoints/step-NNNNNNNN/state.pt``
 holding the query encoder's full state dict (``backbone.*`` + ``head.*``, or ``classifier.*``
 for the BCE baseline) and the resolved recipe. Evaluation keeps ``backbone.*`` only: the
 projection head (or the baseline's classifier) is dropped, as in the paper.
@@ -15,8 +15,6 @@ produces (up to float rounding of different batch compositions; eval-mode BN is 
 
 from __future__ import annotations
 
-from mlcdist.errors import MlcdistError
-
 import hashlib
 import json
 import os
@@ -28,12 +26,12 @@ from typing import Callable, ContextManager, Optional
 import torch
 from torch import Tensor, nn
 
-from mlcdist.checkpoint import LATEST
+from mlcdist import checkpoint
+from mlcdist.errors import MlcdistError
 from mlcdist.parallel import all_gather_rows, all_reduce_sum, world
 from mlcdist.progress import length, track
 
 BACKBONE_PREFIX = "backbone."
-REQUIRED_KEYS = ("model", "config", "num_classes", "feature_dim", "arch", "loss")
 
 
 class EvalInputError(MlcdistError):
@@ -67,52 +65,26 @@ class Checkpoint:
 
 
 def resolve_checkpoint(location: str | Path) -> Path:
-    """A ``state.pt`` file, a ``step-N`` folder, a ``checkpoints`` folder or a run folder (the
-    latter two through their ``latest`` pointer, else the newest ``step-*``) -> the state.pt."""
-    path = Path(location)
-    if path.is_file():
-        return path
-    if (path / "state.pt").is_file():
-        return path / "state.pt"
-    for root in (path, path / "checkpoints"):
-        pointer = root / LATEST
-        if pointer.is_file():
-            named = root / pointer.read_text().strip() / "state.pt"
-            if named.is_file():
-                return named
-            raise EvalInputError(f"{pointer} names {named.parent}, which holds no state.pt; "
-                                 "pass a step-NNNNNNNN folder explicitly")
-        steps = sorted(p for p in root.glob("step-*") if (p / "state.pt").is_file())
-        if steps:
-            return steps[-1] / "state.pt"
-    raise EvalInputError(
-        f"{location}: no checkpoint found; pass a run folder, RUN/checkpoints, "
-        "RUN/checkpoints/step-NNNNNNNN or its state.pt (written by python -m mlcdist.train), "
-        "or 'random' for a randomly initialised encoder")
+    """The ``state.pt`` that ``location`` names (``mlcdist.checkpoint.resolve``)."""
+    return checkpoint.resolve(location)
 
 
 def load_checkpoint(location: str | Path) -> Checkpoint:
     """Read a trainer checkpoint (``torch.load(weights_only=True)``) and keep the backbone."""
     import yaml
 
-    path = resolve_checkpoint(location)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
-        raise EvalInputError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: "
-                             f"{err}); pass a state.pt written by python -m mlcdist.train") from None
-    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise EvalInputError(f"{path}: not an mlcdist pretraining checkpoint (missing {missing}); "
-                             "pass a state.pt written by python -m mlcdist.train")
+    path = checkpoint.resolve(location)
+    state = checkpoint.read(path)
     backbone = {k[len(BACKBONE_PREFIX):]: v for k, v in state["model"].items()
                 if k.startswith(BACKBONE_PREFIX)}
     if not backbone:
         raise EvalInputError(f"{path}: the model state holds no backbone.* weights")
-    return Checkpoint(path=path, recipe=yaml.safe_load(state["config"]) or {},
-                      num_classes=int(state["num_classes"]),
+    recipe = yaml.safe_load(state["config"]) or {}
+    return Checkpoint(path=path, recipe=recipe, num_classes=int(state["num_classes"]),
                       feature_dim=None if state["feature_dim"] is None else int(state["feature_dim"]),
-                      arch=str(state["arch"]), loss=str(state["loss"]), backbone_state=backbone)
+                      arch=str(recipe.get("model", {}).get("arch", state.get("arch"))),
+                      loss=str(recipe.get("loss", {}).get("kind", state.get("loss"))),
+                      backbone_state=backbone)
 
 
 def load_backbone_state(backbone: nn.Module, ckpt: Checkpoint, arch: str) -> None:

@@ -32,7 +32,10 @@ from torch import Tensor, nn
 from mlcdist.config import ConfigError, EvalConfig
 from mlcdist.eval.features import EvalInputError, FeatureSet, collect
 from mlcdist.metrics import METRICS, multilabel_metrics
-from mlcdist.parallel import Strategy, all_reduce_sum, backward_and_step, full_state_dict, unwrap, world
+from mlcdist.parallel import (
+    Strategy, all_reduce_sum, backward_and_step, full_state_dict, inner_optimizer, prepare_replicated, unwrap,
+    world,
+)
 from mlcdist.progress import length, track
 
 SELECT_CHOICES = (*METRICS, "loss")
@@ -172,9 +175,6 @@ def finetune(acc, strategy: Strategy, backbone: nn.Module, width: int, num_class
              log: Callable[[str], None] = lambda _: None) -> ProbeResult:
     """End-to-end BCE finetuning on one process or DDP (module docstring). Every rank computes
     the same gathered validation scores, so all ranks take the same selection decisions."""
-    if strategy not in (Strategy.SINGLE, Strategy.DDP):
-        raise EvalInputError(f"eval.mode=finetune runs on one process or DDP, not {strategy.value}; "
-                             "launch with accelerate launch --config_file recipes/accelerate/ddp.yaml")
     device = acc.device
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -184,9 +184,9 @@ def finetune(acc, strategy: Strategy, backbone: nn.Module, width: int, num_class
         {"params": model.head.parameters(), "lr": cfg.lr},
     ], weight_decay=cfg.weight_decay)
     model.to(device)
-    model, optimizer = acc.prepare(model, optimizer)
+    model, optimizer = prepare_replicated(acc, strategy, model, optimizer, what="eval.mode=finetune")
     plain = unwrap(model)
-    selector = EpochSelector(cfg, getattr(optimizer, "optimizer", optimizer))
+    selector = EpochSelector(cfg, inner_optimizer(optimizer))
     _, size = world()
     val_loader = data.val if data.val is not None else data.train
     best_state, val_scores, val_targets = full_state_dict(acc, strategy, model), None, None

@@ -1,55 +1,46 @@
-"""Pretrain an encoder with MulSupCon (or a variant, or the BCE baseline).
+"""The pretraining loop: MulSupCon (or a variant, or a supervised baseline) over any backend.
 
-    python -m mlcdist.train RECIPE [dotted.key=value ...]
-    accelerate launch --config_file recipes/accelerate/ddp.yaml -m mlcdist.train RECIPE [...]
-
-The backend (DDP, FSDP2, DeepSpeed ZeRO-1/2/3) comes from the Accelerate config; see
-``mlcdist/parallel.py``. The run folder (``logging.run_dir``) receives ``config.yaml`` (the
-resolved recipe), ``metrics.jsonl`` and ``checkpoints/``; an interrupted run resumes from the
-newest checkpoint when started again with the same recipe (``checkpoint.resume: auto``).
+The trainer only loops: the loader's ``to_device`` delivers on-device views, ``parallel``
+wraps and steps the encoders for the backend, ``train.objective`` computes the loss,
+``train.state`` saves and resumes the stateful parts. The run folder (``logging.run_dir``)
+receives ``config.yaml`` (the resolved recipe), ``metrics.jsonl`` and ``checkpoints/``.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 from rich.console import Console
 
-from mlcdist import checkpoint as ckpt
-from mlcdist.collapse import CollapseGuard, collapse_warning, mean_pairwise_cosine, uniform_loss
-from mlcdist.config import ConfigError, RecipeConfig, dump_yaml, load_recipe
+from mlcdist.config import RecipeConfig, dump_yaml
+from mlcdist.data.batch import PretrainLoader
 from mlcdist.data.info import DatasetInfo, load_dataset_info
-from mlcdist.health import checkpoint_hint, first_non_finite
+from mlcdist.errors import NON_FINITE_EXIT, MlcdistError
 from mlcdist.models import build_model
 from mlcdist.models.ema import ema_update_
 from mlcdist.optim import build_optimizer, set_lr
-from mlcdist.preempt import StopRequest, exit_code
 from mlcdist.parallel import (
-    Strategy,
-    backward_and_step,
-    detect_strategy,
-    ema_views,
-    full_optimizer_state,
-    full_state_dict,
-    load_full_state_dict,
-    load_optimizer_state,
-    make_accelerator,
-    wrap,
+    ModuleState, OptimizerState, backward_and_step, detect_strategy, ema_views, make_accelerator,
+    restart_accumulation, wrap,
 )
 from mlcdist.queue import LabelledKeyQueue
-from mlcdist.runlog import RunLog
 from mlcdist.schedules import lr_at, momentum_at
-from mlcdist.step import contrastive_loss, supervised_loss
+from mlcdist.seeds import step_seed
+from mlcdist.train.collapse import CollapseGuard, collapse_warning, mean_pairwise_cosine, uniform_loss
+from mlcdist.train.health import checkpoint_hint, first_non_finite
+from mlcdist.train.objective import contrastive_loss, supervised_loss
+from mlcdist.train.preempt import StopRequest
+from mlcdist.train.runlog import RunLog
+from mlcdist.train.state import RunState, ScalerState, TrainState
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
+class NonFiniteLoss(MlcdistError):
+    """The loss became NaN/inf; nothing is saved (exit code 3: lower the lr and resume)."""
+
+    exit_code = NON_FINITE_EXIT
 
 
 class NonFiniteState(NonFiniteLoss):
@@ -59,8 +50,8 @@ class NonFiniteState(NonFiniteLoss):
 class Trainer:
     """Owns the model, key encoder, queue, optimizer and counters of one pretraining run."""
 
-    def __init__(self, cfg: RecipeConfig, *, info: Optional[DatasetInfo] = None, loader=None,
-                 console: Optional[Console] = None):
+    def __init__(self, cfg: RecipeConfig, *, info: Optional[DatasetInfo] = None,
+                 loader: Optional[PretrainLoader] = None, console: Optional[Console] = None):
         """``info`` and ``loader`` default to the recipe's train shards; tests inject their own.
         ``console`` (default: stderr) receives the run's messages and progress."""
         self.cfg = cfg
@@ -74,17 +65,10 @@ class Trainer:
         model = build_model(cfg.model, num_classes=self.info.num_classes, in_dim=self.info.feature_dim,
                             kind="contrastive" if self.contrastive else "supervised",
                             image_size=cfg.augment.image_size)
-        if loader is None:
-            from mlcdist.data.cpus import cap_num_workers
-            from mlcdist.data.pipeline import make_loader
-
-            cfg.data.num_workers = cap_num_workers(cfg.data.num_workers)  # recorded in config.yaml
-            loader = make_loader(cfg.data.train, cfg.data, cfg.augment, mode="pretrain",
-                                 rank=self.rank, world_size=self.world)
-        self.loader = loader
+        self.loader = loader if loader is not None else self._shard_loader()
         self.steps_per_epoch = len(self.loader) // cfg.optim.grad_accum
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise MlcdistError(
                 f"data.train: {self.info.num_samples} samples give no full step of "
                 f"{cfg.data.batch_size} x {self.world} processes x {cfg.optim.grad_accum} accumulation; "
                 "lower data.batch_size")
@@ -98,97 +82,69 @@ class Trainer:
             channels_last=cfg.model.channels_last, compile=cfg.model.compile)
         self.queue = LabelledKeyQueue(cfg.queue.size, cfg.model.head_dims[-1], self.info.num_classes,
                                       device=self.acc.device)
-        self.step = 0  # optimizer steps taken
-        self.micro = 0  # micro-batches consumed in the current epoch
-        self.epoch = 0
+        self.progress = TrainState()
         self.run_dir = Path(cfg.logging.run_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
+        components = {"model": ModuleState(self.acc, self.strategy, self.query),
+                      **({"key": ModuleState(self.acc, self.strategy, self.key)} if self.contrastive else {}),
+                      "optimizer": OptimizerState(self.strategy, self.query, self.optimizer),
+                      "queue": self.queue, "scaler": ScalerState(self.acc), "train": self.progress}
+        self.state = RunState(self.ckpt_root, components, rank=self.rank, world=self.world,
+                              barrier=self.acc.wait_for_everyone, keep_last=cfg.checkpoint.keep_last)
         self.collapse = CollapseGuard()
         self._last_out = None  # the latest StepLoss, read (host sync) on logging steps only
+
+    def _shard_loader(self) -> PretrainLoader:
+        from mlcdist.data.cpus import cap_num_workers
+        from mlcdist.data.pipeline import make_loader
+
+        self.cfg.data.num_workers = cap_num_workers(self.cfg.data.num_workers)  # recorded in config.yaml
+        return make_loader(self.cfg.data.train, self.cfg.data, self.cfg.augment, mode="pretrain",
+                           rank=self.rank, world_size=self.world)
+
+    # The counters live in ``self.progress`` (a stateful component); these read them.
+    step = property(lambda self: self.progress.step)
+    epoch = property(lambda self: self.progress.epoch)
+    micro = property(lambda self: self.progress.micro)
 
     # -- checkpoints --------------------------------------------------------------------------
 
     def save(self) -> None:
         self._check_state()  # never publish a checkpoint holding NaN/inf tensors
-        model_state = full_state_dict(self.acc, self.strategy, self.query)
-        key_state = full_state_dict(self.acc, self.strategy, self.key) if self.contrastive else {}
-        optim_state = full_optimizer_state(self.strategy, self.query, self.optimizer)
-        if self.acc.is_main_process:
-            ckpt.staging_dir(self.ckpt_root, self.step)
-        self.acc.wait_for_everyone()
-        tmp = ckpt.staging_path(self.ckpt_root, self.step)
-        if self.strategy == Strategy.DEEPSPEED:
-            self.query.save_checkpoint(str(tmp / "deepspeed"), tag="engine")
-        ckpt.save_file(ckpt.rng_state(), tmp / f"rng-rank{self.rank}.pt")
-        if self.acc.is_main_process:
-            scaler = self.acc.scaler.state_dict() if self.acc.scaler is not None else {}
-            ckpt.save_file({
-                "model": model_state, "key": key_state, "optimizer": optim_state,
-                "queue": self.queue.state_dict(), "scaler": scaler,
-                "counters": {"step": self.step, "epoch": self.epoch, "micro": self.micro},
-                "world_size": self.world, "config": dump_yaml(self.cfg),
-                "num_classes": self.info.num_classes, "feature_dim": self.info.feature_dim,
-                "arch": self.cfg.model.arch, "loss": self.cfg.loss.kind,
-            }, tmp / "state.pt")
-        self.acc.wait_for_everyone()
-        if self.acc.is_main_process:
-            ckpt.publish(self.ckpt_root, self.step, self.cfg.checkpoint.keep_last)
-        self.acc.wait_for_everyone()
+        self.state.save(self.step, {"config": dump_yaml(self.cfg), "num_classes": self.info.num_classes,
+                                    "feature_dim": self.info.feature_dim})
 
     def resume(self, path: Path) -> None:
-        state = ckpt.load_file(path / "state.pt")
-        if state["world_size"] != self.world:
-            raise ValueError(f"{path}: saved with {state['world_size']} processes, resuming with "
-                             f"{self.world}; the data order would differ, so exact resume needs the same count")
-        load_full_state_dict(self.strategy, self.query, state["model"])
-        if self.contrastive:
-            load_full_state_dict(self.strategy, self.key, state["key"])
-        if self.strategy == Strategy.DEEPSPEED:
-            self.query.load_checkpoint(str(path / "deepspeed"), tag="engine")
-        else:
-            load_optimizer_state(self.strategy, self.query, self.optimizer, state["optimizer"])
-        self.queue.load_state_dict(state["queue"])
-        if self.acc.scaler is not None and state["scaler"]:
-            self.acc.scaler.load_state_dict(state["scaler"])
-        counters = state["counters"]
-        self.step, self.epoch, self.micro = counters["step"], counters["epoch"], counters["micro"]
-        rng_file = path / f"rng-rank{self.rank}.pt"
-        if rng_file.exists():
-            ckpt.set_rng_state(ckpt.load_file(rng_file))
+        self.state.load(path)
 
     # -- the loop -----------------------------------------------------------------------------
 
     def train_step(self, batch: dict) -> torch.Tensor:
-        cfg = self.cfg
-        device = self.acc.device
-        if cfg.augment.device == "gpu" and "jpeg" in batch:  # raw JPEGs: decode + views on device
-            from mlcdist.data.gpu_augment import device_views
-            from mlcdist.data.plan import mix_seed
-
-            batch = device_views(batch, cfg.augment, device,
-                                 mix_seed(cfg.data.seed, self.epoch, self.step, self.micro, self.rank))
-        views = tuple(v.to(device, non_blocking=True) for v in batch["views"])
-        if cfg.model.channels_last and views[0].dim() == 4:
-            views = tuple(v.contiguous(memory_format=torch.channels_last) for v in views)
-        labels = batch["labels"].to(device, non_blocking=True)
+        cfg, progress = self.cfg, self.progress
+        batch = self.loader.to_device(batch, self.acc.device, step=progress.step, micro=progress.micro,
+                                      channels_last=cfg.model.channels_last)
+        views, labels = batch["views"], batch["labels"]
         with self.acc.accumulate(self.query):
-            set_lr(self.optimizer, lr_at(self.step, self.total_steps, cfg.optim.lr, self.warmup_steps,
+            set_lr(self.optimizer, lr_at(progress.step, self.total_steps, cfg.optim.lr, self.warmup_steps,
                                          cfg.schedule.kind, cfg.schedule.min_lr))
             with self.acc.autocast():
                 if self.contrastive:
                     out = contrastive_loss(self.query, self.key, self.queue, views, labels, cfg.loss,
-                                           shuffle_seed=cfg.seed * 1_000_003 + self.step * 7919 + self.micro,
+                                           shuffle_seed=step_seed(cfg.seed, progress.step, progress.micro),
                                            shuffle_bn=cfg.model.key_bn == "shuffle")
                 else:
                     out = supervised_loss(self.query, views, labels)
             backward_and_step(self.acc, self.strategy, self.query, self.optimizer, out.loss,
                               cfg.optim.grad_clip)
+        if self.contrastive:
+            self.queue.enqueue_(out.keys, out.key_labels)
         if self.acc.sync_gradients:
             if self.contrastive:
-                m = momentum_at(self.step, self.total_steps, cfg.model.momentum, cfg.model.momentum_schedule)
+                m = momentum_at(progress.step, self.total_steps, cfg.model.momentum,
+                                cfg.model.momentum_schedule)
                 with ema_views(self.acc, self.strategy, self.query, self.key) as (k_params, q_params):
                     ema_update_(k_params, q_params, m)
-            self.step += 1
+            progress.step += 1
         self._last_out = out
         return out.value
 
@@ -199,7 +155,7 @@ class Trainer:
         cfg = self.cfg
         self._stop, self.interrupted = stop, 0
         last_step = min(self.total_steps, stop_at_step or self.total_steps)
-        resume_from = ckpt.find_resume(self.ckpt_root, cfg.checkpoint.resume)
+        resume_from = self.state.latest(cfg.checkpoint.resume)
         if resume_from is not None:
             self.resume(resume_from)
         log = RunLog(self.run_dir, cfg, main=self.acc.is_main_process, total_steps=self.total_steps,
@@ -215,13 +171,13 @@ class Trainer:
             while self.step < last_step and not self.interrupted:
                 self._run_epoch(log, last_step)
                 if self.micro >= self.steps_per_epoch * cfg.optim.grad_accum:  # epoch complete
-                    self.epoch += 1
-                    self.micro = 0
+                    self.progress.epoch += 1
+                    self.progress.micro = 0
                     if cfg.checkpoint.every_epochs and self.epoch % cfg.checkpoint.every_epochs == 0:
                         self._check_finite()
                         self.save()
             self._check_finite()
-            if not (self.ckpt_root / ckpt.checkpoint_name(self.step)).exists():
+            if not self.state.has(self.step):
                 self.save()
         finally:
             log.close()
@@ -234,13 +190,13 @@ class Trainer:
         cfg = self.cfg
         micro_per_epoch = self.steps_per_epoch * cfg.optim.grad_accum
         self.loader.set_epoch(self.epoch, skip_batches=self.micro)
-        self.acc.step = 0  # accumulation cycles restart with the epoch (checkpoints sit on cycle ends)
+        restart_accumulation(self.acc)  # checkpoints sit on cycle ends, so epochs start one
         window_start, window_samples = time.perf_counter(), 0
         for batch in self.loader:
             if self.micro >= micro_per_epoch:
                 break
             value = self.train_step(batch)
-            self.micro += 1
+            self.progress.micro += 1
             self._bad |= ~torch.isfinite(value)
             self._last = value
             window_samples += cfg.data.batch_size * self.world
@@ -299,58 +255,3 @@ class Trainer:
         if torch.cuda.is_available():
             record["gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
         return record
-
-
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m mlcdist.train",
-        description="Pretrain an encoder with multi-label supervised contrastive learning (MulSupCon).",
-        epilog="examples:\n"
-               "  python -m mlcdist.train recipes/demo.yaml\n"
-               "  python -m mlcdist.train recipes/yeast.yaml optim.lr=0.001 data.batch_size=64\n"
-               "  accelerate launch --config_file recipes/accelerate/ddp.yaml -m mlcdist.train recipes/coco.yaml\n"
-               "  python -m mlcdist.train recipes/coco.yaml --print-config",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("recipe", help="YAML recipe (may extend a base recipe with `base:`)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="dotted overrides, e.g. optim.lr=0.05 data.batch_size=128")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
-    return parser.parse_intermixed_args(argv)  # overrides may come before or after --print-config
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    args = parse_args(argv)
-    try:
-        cfg = load_recipe(args.recipe, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(dump_yaml(cfg), end="")
-        return 0
-    with StopRequest() as stop:  # handlers stay installed until the process reports and returns
-        try:
-            trainer = Trainer(cfg)
-        except ConfigError as err:  # a setting this machine or backend cannot run, before step 1
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        try:
-            summary = trainer.fit(stop=stop)
-        except NonFiniteLoss as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 3
-        finally:
-            if dist.is_available() and dist.is_initialized():
-                dist.destroy_process_group()
-        if summary["interrupted"]:
-            if trainer.acc.is_main_process:
-                print(f"interrupted at step {summary['step']}; checkpoint written; "
-                      "run the same command to resume", file=sys.stderr)
-            return exit_code(summary["interrupted"])
-    if trainer.acc.is_main_process:
-        print(f"done: step {summary['step']}, loss {summary['loss']:.4f}, run folder {cfg.logging.run_dir}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

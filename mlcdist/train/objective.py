@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from mlcdist.config import LossConfig
 from mlcdist.losses import bce_with_logits, multilabel_supcon_terms
-from mlcdist.parallel import all_gather_rows, all_reduce_sum, shuffled_keys, world
+from mlcdist.parallel.collectives import all_gather_rows, all_reduce_sum, shuffled_keys, world
 
 
 class StepLoss(NamedTuple):
@@ -27,12 +27,15 @@ class StepLoss(NamedTuple):
     value: Tensor  # the global loss, detached (for logging; reading it is a host sync)
     anchors: Optional[Tensor] = None  # this rank's query embeddings B x D, detached (collapse guard)
     num_candidates: Optional[Tensor] = None  # 0-d count of valid candidates (keys + filled queue)
+    keys: Optional[Tensor] = None  # the global batch's keys, N x D (the caller enqueues them)
+    key_labels: Optional[Tensor] = None  # their multi-hot labels, N x C bool
 
 
 def contrastive_loss(query: nn.Module, key: nn.Module, queue, views: tuple[Tensor, Tensor],
                      labels: Tensor, cfg: LossConfig, *, shuffle_seed: int,
                      shuffle_bn: bool = True) -> StepLoss:
-    """Loss of one micro-batch; enqueues the global keys afterwards (a side effect on ``queue``)."""
+    """Loss of one micro-batch against the global keys and ``queue``'s candidates (read only:
+    the caller enqueues ``StepLoss.keys`` / ``key_labels`` after the step)."""
     _, size = world()
     anchors = query(views[0])  # B x D, L2-normalised
     with torch.no_grad():
@@ -51,8 +54,7 @@ def contrastive_loss(query: nn.Module, key: nn.Module, queue, views: tuple[Tenso
     normaliser = all_reduce_sum(terms.normaliser).clamp_min(1.0)
     loss = terms.numerator * size / normaliser
     value = all_reduce_sum(terms.numerator.detach()) / normaliser
-    queue.enqueue_(keys, key_labels)
-    return StepLoss(loss, value, anchors.detach(), valid.sum())
+    return StepLoss(loss, value, anchors.detach(), valid.sum(), keys, key_labels)
 
 
 def supervised_loss(model: nn.Module, views: tuple[Tensor, Tensor], labels: Tensor) -> StepLoss:

@@ -16,13 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """The part of ``t`` this rank holds (a DTensor's local shard, a ZeRO-3 partition)."""
-    ds = getattr(t, "ds_tensor", None)
-    if ds is not None:
-        return ds
-    return t.to_local() if hasattr(t, "to_local") else t
+from mlcdist.parallel.state import local_shard
 
 
 def named_state(modules: dict[str, nn.Module]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -42,7 +36,7 @@ def first_non_finite(modules: dict[str, nn.Module]) -> Optional[str]:
     named = list(named_state(modules))
     if not named:
         return None
-    flags = [torch.isfinite(_local(t).detach()).all() for _, t in named]
+    flags = [torch.isfinite(local_shard(t).detach()).all() for _, t in named]
     device = flags[0].device
     bad = (~torch.stack([f.to(device) for f in flags])).to(torch.int32)
     if dist.is_available() and dist.is_initialized():
