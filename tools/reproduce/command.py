@@ -42,7 +42,7 @@ from typing import Optional
 import torch
 from rich.console import Console
 
-from mlcdist.cli import run
+from mlcdist.cli import command
 from tools.reproduce.board import ProgressBoard, run_all
 from tools.reproduce.data import DEFAULT_MULAN, ReproduceError, prepare
 from tools.reproduce.jobs import METHODS, RECIPES, Job, finetune_config, pretrain_config
@@ -179,10 +179,13 @@ def report(args: argparse.Namespace, results: list[dict], command: str, seconds:
     out.print(f"wrote {args.out / 'results.md'}, {args.out / 'results.json'}")
 
 
-def _main(argv: Optional[list[str]] = None) -> int:
+@command
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run; a user error (missing data, bad option or recipe) is one ``error:`` line, exit 2
+    (``mlcdist.cli.command``)."""
     args = parse_args(argv)
     console = Console(stderr=True)
-    command = "python -m tools.reproduce " + " ".join(sys.argv[1:] if argv is None else argv)
+    line = "python -m tools.reproduce " + " ".join(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     load_before = load_average()
     check_args(args)
@@ -199,11 +202,6 @@ def _main(argv: Optional[list[str]] = None) -> int:
     with ProgressBoard(jobs, console, not args.no_progress) as board:
         results = run_all(jobs, data, workers, board, args.fresh, args.keep_checkpoints)
     seconds = time.perf_counter() - start
-    report(args, results, command, seconds, f"{load_before} at start, {load_average()} at the end")
+    report(args, results, line, seconds, f"{load_before} at start, {load_average()} at the end")
     return 0
 
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """Run; a user error (missing data, bad option or recipe) is one ``error:`` line, exit 2
-    (``mlcdist.cli.run``). Lead: becomes ``@command`` once ``cli.command`` is on main."""
-    return run(_main, argv)
