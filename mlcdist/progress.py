@@ -19,8 +19,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 T = TypeVar("T")
 
-# The one console of the trainer and eval (``RunLog`` uses it unless given another): setting
-# ``console.quiet`` (tools/reproduce.py does) silences bars and plain lines alike.
+# The default console of the trainer and eval: setting ``console.quiet`` silences bars and plain
+# lines alike; callers that must be quiet pass their own (``Trainer(console=Console(quiet=True))``,
+# as tools/reproduce does).
 console = Console(stderr=True, soft_wrap=True)  # log files: no hard wraps at 80 columns
 
 

@@ -7,7 +7,7 @@ import re
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 FORMAT = "mlcdist-shards/1"
 INDEX_NAME = "dataset.json"
@@ -40,6 +40,16 @@ class DatasetInfo:
     source: dict = field(default_factory=dict)
     format: str = FORMAT
     root: str = ""  # folder or URL prefix the shard files are relative to (not serialised)
+
+    @classmethod
+    def for_tensors(cls, name: str, class_names: Sequence[str], x: Any, y: Any) -> DatasetInfo:
+        """The ``DatasetInfo`` of in-memory rows (``data/memory.py``): ``x`` (N, D) features,
+        ``y`` (N, C) 0/1 labels (tensors). ``class_counts = y.sum(0)``, ``label_cardinality =
+        mean(y.sum(1))``; no shards (nothing to read), ``feature_dim = D``."""
+        return cls(name=name, modality="vector", num_classes=len(class_names),
+                   class_names=list(class_names), class_counts=y.sum(0).long().tolist(),
+                   num_samples=len(x), label_cardinality=float(y.sum(1).mean()), shards=[],
+                   feature_dim=x.shape[1])
 
     def shard_urls(self) -> list[str]:
         return [join_url(self.root, s.file) for s in self.shards]

@@ -1,0 +1,228 @@
+"""One run: pretrain -> finetune -> score a (data set, method, seed), in any process.
+
+A run reports its progress as events to a sink (``board.ProgressBoard.handle`` or a process
+queue's ``put``): ``("start", key, phase, total_epochs)``, ``("epoch", key)`` at the start of
+every epoch, ``("done", key, seconds)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from rich.console import Console
+from torch import Tensor
+
+from tools.reproduce.data import REPO, VectorSet
+
+RECIPES = REPO / "recipes"
+METHODS = ("mulsupcon", "bce", "all", "any")
+LOG_EVERY = 6  # pretraining steps between logged losses
+
+Event = tuple  # ("start", key, phase, total) | ("epoch", key) | ("done", key, seconds)
+EventSink = Callable[[Event], None]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (data set, method, seed) run and the settings that decide its result."""
+
+    dataset: str
+    method: str
+    seed: int
+    run_dir: str
+    epochs: int | None  # pretraining epochs (None: the recipe's)
+    finetune_epochs: int | None  # finetune epoch cap (None: the recipe's)
+    val_fraction: float
+    overrides: tuple[str, ...] = ()  # extra pretraining recipe overrides (ablations)
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/{self.method}/seed-{self.seed}"
+
+    @property
+    def pretrain_recipe(self) -> Path:
+        suffix = "" if self.method == "mulsupcon" else f"_{self.method}"
+        return RECIPES / f"{self.dataset}{suffix}.yaml"
+
+    @property
+    def finetune_recipe(self) -> Path:
+        return RECIPES / "finetune" / f"{self.dataset}.yaml"
+
+
+def _quoted(value: Any) -> str:
+    """A recipe override value that YAML reads back as exactly this string/number."""
+    return json.dumps(value if not isinstance(value, Path) else str(value))
+
+
+def pretrain_config(job: Job, out: Path):
+    """The method's recipe with this run's seed, folder and logging (every ``LOG_EVERY`` steps:
+    5-7 samples per epoch for the loss curve; logging every step costs ~9% of a step here);
+    checkpoints only at the end; no resume (a run restarts whole)."""
+    from mlcdist.config import load_recipe
+
+    overrides = [f"seed={job.seed}", f"data.seed={job.seed}", f"logging.run_dir={_quoted(out)}",
+                 "logging.progress=false", f"logging.every_steps={LOG_EVERY}",
+                 "checkpoint.every_epochs=0",
+                 "checkpoint.every_steps=0", "checkpoint.keep_last=1", "checkpoint.resume=null",
+                 "data.num_workers=0"]
+    if job.epochs is not None:
+        overrides.append(f"schedule.epochs={job.epochs}")
+    return load_recipe(job.pretrain_recipe, overrides + list(job.overrides))
+
+
+def finetune_config(job: Job):
+    """The data set's finetune recipe with this run's seed (head init, batch order)."""
+    from mlcdist.config import load_recipe
+
+    overrides = [f"eval.seed={job.seed}", f"eval.val_fraction={job.val_fraction}"]
+    if job.finetune_epochs is not None:
+        overrides.append(f"eval.epochs={job.finetune_epochs}")
+    return load_recipe(job.finetune_recipe, overrides)
+
+
+def fingerprint(job: Job, data_fp: str) -> str:
+    """Hash of everything that decides a run's numbers: the job, both resolved recipes (minus
+    the output folder) and the shards; a stored result with another hash is recomputed."""
+    from mlcdist.config import to_dict
+
+    pre = to_dict(pretrain_config(job, Path("RUN")))
+    ident = {"job": dataclasses.asdict(job) | {"run_dir": None}, "pretrain": pre,
+             "finetune": to_dict(finetune_config(job).eval), "data": data_fp, "version": 1}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def epoch_losses(metrics_jsonl: Path) -> list[float]:
+    """Mean training loss of every epoch over its logged steps (``metrics.jsonl``; each record
+    is one micro-batch's loss, so the mean is an unbiased estimate of the epoch's mean)."""
+    sums: dict[int, list[float]] = {}
+    for line in metrics_jsonl.read_text().splitlines():
+        record = json.loads(line)
+        if "loss" in record and "epoch" in record:
+            sums.setdefault(int(record["epoch"]), []).append(float(record["loss"]))
+    return [sum(v) / len(v) for _, v in sorted(sums.items())]
+
+
+def pretrain(job: Job, data: VectorSet, train_rows: Tensor, out: Path, sink: EventSink) -> dict:
+    """Train the method's MLP on the train rows (validation rows excluded); returns the loss
+    curve summary. ``ln_candidates`` is the loss of uninformative embeddings (all similarities
+    equal) for the contrastive methods: a loss that stays there learned nothing. The trainer's
+    console is quiet: its lines would tear the progress display (the run's ``metrics.jsonl``
+    and ``config.yaml`` keep everything they say)."""
+    from mlcdist.data.info import DatasetInfo
+    from mlcdist.data.memory import TensorPretrainLoader
+    from mlcdist.train import Trainer
+
+    cfg = pretrain_config(job, out)
+    x, y = data.train_x[train_rows], data.train_y[train_rows]
+    loader = TensorPretrainLoader(x, y, cfg.data.batch_size, cfg.augment.mask_ratio, job.seed,
+                                  on_epoch=lambda: sink(("epoch", job.key)))
+    sink(("start", job.key, "pretrain", cfg.schedule.epochs))
+    info = DatasetInfo.for_tensors(data.name, data.class_names, x, y)
+    trainer = Trainer(cfg, info=info, loader=loader, console=Console(quiet=True))
+    summary = trainer.fit()
+    curve = epoch_losses(out / "metrics.jsonl")
+    contrastive = cfg.loss.kind != "bce"
+    return {"loss": cfg.loss.kind, "steps": summary["step"], "epochs": summary["epoch"],
+            "epoch_loss": curve,
+            "ln_candidates": math.log(cfg.data.batch_size + cfg.queue.size) if contrastive else None}
+
+
+def finetune_and_score(job: Job, data: VectorSet, train_rows: Tensor, val_rows: Tensor,
+                       pretrain_dir: Path, out: Path, sink: EventSink) -> dict:
+    """Backbone of the final pretraining checkpoint + a new linear layer, finetuned with the
+    recipe's protocol (epoch selected on the validation rows); the test split is scored once."""
+    from mlcdist.data.memory import TensorEvalLoader
+    from mlcdist.eval.features import load_backbone_state, load_checkpoint
+    from mlcdist.eval.probe import FinetuneData, finetune
+    from mlcdist.eval.report import score_report, write_report
+    from mlcdist.models import build_backbone
+    from mlcdist.parallel import detect_strategy, make_accelerator
+
+    cfg = finetune_config(job)
+    ckpt = load_checkpoint(pretrain_dir)
+    model_cfg = pretrain_config(job, pretrain_dir).model
+    torch.manual_seed(job.seed)
+    backbone, width = build_backbone(dataclasses.replace(model_cfg, weights=None),
+                                     in_dim=data.train_x.shape[1])
+    load_backbone_state(backbone, ckpt, model_cfg.arch)
+    batch = cfg.eval.batch_size
+    loaders = FinetuneData(
+        train=TensorEvalLoader(data.train_x[train_rows], data.train_y[train_rows], batch,
+                               shuffle_seed=job.seed, on_epoch=lambda: sink(("epoch", job.key))),
+        val=TensorEvalLoader(data.train_x[val_rows], data.train_y[val_rows], 512),
+        test=TensorEvalLoader(data.test_x, data.test_y, 512), val_mask=None)
+    sink(("start", job.key, "finetune", cfg.eval.epochs))
+    acc = make_accelerator("no")
+    result = finetune(acc, detect_strategy(acc), backbone, width, len(data.class_names), loaders,
+                      cfg.eval)
+    # lead: use eval.report.build_report
+    report = {
+        "mode": "finetune", "transfer": False, "random_init": False, "checkpoint": str(ckpt.path),
+        "pretrain_data": data.name, "selected_epoch": result.selected_epoch,
+        "epochs_run": result.epochs_run, "select_metric": cfg.eval.select_metric,
+        "datasets": {"train": {"name": f"{data.name} train (minus validation)",
+                               "num_samples": len(train_rows)},
+                     "val": {"name": f"{data.name} train (carved)", "num_samples": len(val_rows),
+                             "carved_fraction": job.val_fraction, "seed": job.seed},
+                     "test": {"name": f"{data.name} test", "num_samples": len(data.test_x)}},
+        "num_rows": {"train": len(train_rows), "val": len(val_rows), "test": len(data.test_x)},
+        **score_report(result.val_scores, result.val_targets, result.test_scores,
+                       result.test_targets, list(data.class_names)),
+        "eval": dataclasses.asdict(cfg.eval), "history": result.history,
+    }
+    return write_report(out, report, list(data.class_names), result.test_features,
+                        result.test_targets, plots=False)
+
+
+def _stored(run_dir: Path, stamp: str) -> dict | None:
+    """The run's stored ``result.json`` if it was made with these settings (``stamp``)."""
+    stored = run_dir / "result.json"
+    if stored.is_file():
+        result = json.loads(stored.read_text())
+        if result.get("fingerprint") == stamp:
+            return result
+    return None
+
+
+def run_job(job: Job, data: VectorSet, sink: EventSink, fresh: bool,
+            keep_checkpoints: bool = False) -> dict:
+    """Pretrain, finetune and score one run; reuse a stored result with the same fingerprint.
+
+    The pretraining checkpoint (~7 MB: both encoders and Adam's moments) is deleted once its
+    backbone is finetuned and scored, unless ``keep_checkpoints``: the table needs none of it."""
+    from mlcdist.eval.features import carve_validation
+
+    run_dir = Path(job.run_dir)
+    stamp = fingerprint(job, data.fingerprint)
+    result = None if fresh else _stored(run_dir, stamp)
+    if result is not None:
+        sink(("done", job.key, 0.0))
+        return result
+    shutil.rmtree(run_dir, ignore_errors=True)
+    start = time.perf_counter()
+    val_mask = carve_validation(len(data.train_x), job.val_fraction, job.seed)
+    train_rows, val_rows = (~val_mask).nonzero().squeeze(1), val_mask.nonzero().squeeze(1)
+    curve = pretrain(job, data, train_rows, run_dir / "pretrain", sink)
+    pretrain_s = time.perf_counter() - start
+    report = finetune_and_score(job, data, train_rows, val_rows, run_dir / "pretrain",
+                                run_dir / "finetune", sink)
+    if not keep_checkpoints:
+        shutil.rmtree(run_dir / "pretrain" / "checkpoints")
+    seconds = time.perf_counter() - start
+    result = {"fingerprint": stamp, "dataset": job.dataset, "method": job.method, "seed": job.seed,
+              "test": report["test"], "val": report["val"],
+              "selected_epoch": report["selected_epoch"], "epochs_run": report["epochs_run"],
+              "pretrain": curve, "seconds": {"pretrain": round(pretrain_s, 1),
+                                             "total": round(seconds, 1)}}
+    (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    sink(("done", job.key, seconds))
+    return result
