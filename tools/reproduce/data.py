@@ -9,6 +9,7 @@ so the same ``dataset.json``). The shards are then read back once through the ev
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from torch import Tensor
 from mlcdist.errors import MlcdistError
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_MULAN = REPO.parent / "shared" / "data" / "mulan"
+# the official splits live outside the repository; MLCDIST_MULAN (or --mulan) points at them
+DEFAULT_MULAN = Path(os.environ.get("MLCDIST_MULAN", REPO.parent / "shared" / "data" / "mulan"))
 
 
 class ReproduceError(MlcdistError):

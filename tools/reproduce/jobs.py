@@ -143,7 +143,7 @@ def finetune_and_score(job: Job, data: VectorSet, train_rows: Tensor, val_rows: 
     from mlcdist.data.memory import TensorEvalLoader
     from mlcdist.eval.features import load_backbone_state, load_checkpoint
     from mlcdist.eval.probe import FinetuneData, finetune
-    from mlcdist.eval.report import score_report, write_report
+    from mlcdist.eval.report import build_report, write_report
     from mlcdist.models import build_backbone
     from mlcdist.parallel import detect_strategy, make_accelerator
 
@@ -164,21 +164,14 @@ def finetune_and_score(job: Job, data: VectorSet, train_rows: Tensor, val_rows: 
     acc = make_accelerator("no")
     result = finetune(acc, detect_strategy(acc), backbone, width, len(data.class_names), loaders,
                       cfg.eval)
-    # lead: use eval.report.build_report
-    report = {
-        "mode": "finetune", "transfer": False, "random_init": False, "checkpoint": str(ckpt.path),
-        "pretrain_data": data.name, "selected_epoch": result.selected_epoch,
-        "epochs_run": result.epochs_run, "select_metric": cfg.eval.select_metric,
-        "datasets": {"train": {"name": f"{data.name} train (minus validation)",
-                               "num_samples": len(train_rows)},
-                     "val": {"name": f"{data.name} train (carved)", "num_samples": len(val_rows),
-                             "carved_fraction": job.val_fraction, "seed": job.seed},
-                     "test": {"name": f"{data.name} test", "num_samples": len(data.test_x)}},
-        "num_rows": {"train": len(train_rows), "val": len(val_rows), "test": len(data.test_x)},
-        **score_report(result.val_scores, result.val_targets, result.test_scores,
-                       result.test_targets, list(data.class_names)),
-        "eval": dataclasses.asdict(cfg.eval), "history": result.history,
-    }
+    report = build_report(
+        result, cfg.eval, list(data.class_names), mode="finetune", checkpoint=str(ckpt.path),
+        pretrain_data=data.name,
+        datasets={"train": {"name": f"{data.name} train (minus validation)", "num_samples": len(train_rows)},
+                  "val": {"name": f"{data.name} train (carved)", "num_samples": len(val_rows),
+                          "carved_fraction": job.val_fraction, "seed": job.seed},
+                  "test": {"name": f"{data.name} test", "num_samples": len(data.test_x)}},
+        num_rows={"train": len(train_rows), "val": len(val_rows), "test": len(data.test_x)})
     return write_report(out, report, list(data.class_names), result.test_features,
                         result.test_targets, plots=False)
 
