@@ -59,7 +59,7 @@ part precision_matrix 180 "$PY" bench/precision_matrix.py "${MATRIX_ARGS[@]}" \
   --workdir "$WORK/matrix" --json "$WORK/precision_matrix.json"
 
 # 2. the image demo for about a minute (shards made here from scikit-learn's bundled digits)
-part demo_shards 60 "$PY" -m tools.make_shards digits --out "$WORK/digits" --no-progress
+part demo_shards 60 "$PY" -m tools.make_shards digits --size 32 --train 5000 --out "$WORK/digits" --no-progress
 part demo_image "$DEMO_LIMIT" "$PY" -m mlcdist.train recipes/demo_image.yaml \
   data.train="$WORK/digits/train" data.test="$WORK/digits/test" "${DEMO_EXTRA[@]}" \
   schedule.max_steps="$DEMO_STEPS" logging.run_dir="$WORK/demo" logging.every_steps=20 \
