@@ -60,6 +60,9 @@ class Trainer:
         self.strategy = detect_strategy(self.acc)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        if info is None and not cfg.data.train:
+            raise MlcdistError("data.train is empty; set it to a shard folder holding dataset.json "
+                               "(python -m tools.make_shards writes one), e.g. data.train=shards/coco/train")
         self.info = info or load_dataset_info(cfg.data.train)
         self.contrastive = cfg.loss.kind != "bce"
         model = build_model(cfg.model, num_classes=self.info.num_classes, in_dim=self.info.feature_dim,
