@@ -163,6 +163,8 @@ class Trainer:
             self.resume(resume_from)
         log = RunLog(self.run_dir, cfg, main=self.acc.is_main_process, total_steps=self.total_steps,
                      progress=cfg.logging.progress, start_step=self.step, console=self.console)
+        for warning in self.state.warnings:
+            log.message(f"[bold yellow]warning:[/] {warning}")
         if resume_from is not None:
             log.message(f"resumed from {resume_from} at step {self.step} (epoch {self.epoch})")
         log.message(f"[bold]mlcdist[/] {self.strategy.value} x{self.world}, {self.info.name}: "
