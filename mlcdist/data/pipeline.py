@@ -255,7 +255,7 @@ class ShardStream(IterableDataset):
         skipped = sum(1 for (i, _), d in zip(chunk, decoded) if d is None and i >= 0)
         if self.mode == "pretrain":
             if not good:
-                raise RuntimeError(f"a whole batch of {len(chunk)} samples around index {chunk[0][0]} is "
+                raise DatasetError(f"a whole batch of {len(chunk)} samples around index {chunk[0][0]} is "
                                    "unreadable; check the shards (converter `verify`) and re-convert")
             holes = [k for k, d in enumerate(decoded) if d is None]
             # hole h is refilled by good sample h mod |good|, with salt 1 + h // |good| (fresh views)
@@ -327,11 +327,14 @@ class Loader:
                             # so iterating never advances the global RNG (exact resume)
                             generator=torch.Generator().manual_seed(self.stream.data.seed))
         before = self.skipped
-        for batch in loader:
-            self.skipped += int(batch.pop("skipped"))
-            if "views" in batch:  # DataLoader's default_convert turns the tuple into a list
-                batch["views"] = tuple(batch["views"])
-            yield batch
+        try:
+            for batch in loader:
+                self.skipped += int(batch.pop("skipped"))
+                if "views" in batch:  # DataLoader's default_convert turns the tuple into a list
+                    batch["views"] = tuple(batch["views"])
+                yield batch
+        except DatasetError as err:  # from a worker, DataLoader prepends the worker's traceback
+            raise DatasetError(str(err).rstrip().splitlines()[-1].split("DatasetError: ", 1)[-1]) from None
         self.stream.skip_batches = 0  # a resume offset applies to one pass only
         if self.skipped > before:
             log.warning("epoch %d, rank %d: %d corrupt or missing samples skipped (batch count unchanged)",
