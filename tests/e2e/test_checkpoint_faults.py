@@ -7,63 +7,54 @@ behind ``latest`` gave a zip-reader traceback on resume and in eval.
 from __future__ import annotations
 
 import errno
+import json
+import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
-from support.paths import REPO
+from support.paths import REPO, SUPPORT
 from support.vector_run import recipe
 
 from mlcdist import checkpoint as ckpt
 from mlcdist.config import from_dict
 from mlcdist.train.trainer import Trainer
 
-# A child process: one good checkpoint, then a save under a 16 KiB file-size limit. SIGXFSZ is
-# ignored so that the write fails with EFBIG instead of killing the process (as a full disk does
-# with ENOSPC); cli.run prints the error as it would for the command line.
-FULL_DISK_CHILD = textwrap.dedent("""
-    import json, resource, signal, sys
-    from pathlib import Path
-    import torch
-    from mlcdist import cli
-    from mlcdist.config import from_dict
-    from mlcdist.train.trainer import Trainer
-
-    torch.set_num_threads(1)
-    trainer = Trainer(from_dict(json.loads(sys.argv[1])))
-    trainer.fit(stop_at_step=2)
-
-    def save_on_a_full_disk(argv):
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (16384, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-        trainer.progress.step += 1
-        trainer.save()
-        return 0
-
-    sys.exit(cli.run(save_on_a_full_disk))
-""")
+WORKER = SUPPORT / "full_disk_worker.py"
 
 
 def published(run: Path) -> list[str]:
     return sorted(p.name for p in (run / "checkpoints").glob("step-*"))
 
 
-def test_full_disk_save_names_file_cause_and_free_space(shards, tmp_path):
-    import json
-
+def full_disk_run(shards, tmp_path, nproc: int) -> tuple[str, Path]:
+    """The worker's output (stderr + stdout) and run folder; asserts one line, no worker traceback."""
     run = tmp_path / "run"
-    cfg = recipe(shards, run, model={"mlp_dims": [256, 256]})  # state.pt >> 16 KiB
-    proc = subprocess.run([sys.executable, "-c", FULL_DISK_CHILD, json.dumps(cfg)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, proc.stderr[-3000:]
-    line = lines[0]
+    cfg = json.dumps(recipe(shards, run, model={"mlp_dims": [256, 256]}))  # state.pt >> 16 KiB
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    for key in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
+        env.pop(key, None)
+    launch = [sys.executable] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+        "--master_port", str(26500 + os.getpid() % 1000)]
+    proc = subprocess.run([*launch, str(WORKER), cfg], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    output = proc.stderr + proc.stdout
+    assert proc.returncode != 0, output[-3000:]
+    assert output.count("Traceback (most recent call last)") == output.count("errors.ChildFailedError"), \
+        output[-3000:]  # only torchrun's own report of the failed worker
+    lines = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, output[-3000:]
+    return lines[0], run
+
+
+@pytest.mark.parametrize("nproc", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_full_disk_save_names_file_cause_and_free_space(shards, tmp_path, nproc):
+    line, run = full_disk_run(shards, tmp_path, nproc)
     staged = run / "checkpoints" / ".tmp-step-00000003"
     assert f"{staged}/" in line and "could not write the checkpoint" in line
     assert "EFBIG" in line and "file-size limit" in line
