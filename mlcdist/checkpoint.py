@@ -29,11 +29,13 @@ num_classes     classes of the training set; ``feature_dim``: vector width (None
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
+import zipfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -91,9 +93,47 @@ def staging_dir(root: Path, step: int) -> Path:
 
 
 def save_file(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` through a ``.partial`` file; a failed write (full disk, quota,
+    file-size limit) raises a :class:`CheckpointError` naming the file, the cause and the free
+    space, and removes the partial file (the published checkpoints are untouched)."""
     tmp = path.with_suffix(path.suffix + ".partial")
-    torch.save(obj, tmp)
+    try:
+        with open(tmp, "wb") as stream:  # a Python file: torch's writer keeps the OSError (errno)
+            torch.save(obj, stream)
+    except (OSError, RuntimeError) as err:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(write_failure(path, err)) from None
     os.replace(tmp, path)
+
+
+_FULL = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+         errno.EFBIG: "the file exceeds the file system's or the process's file-size limit (ulimit -f)"}
+
+
+def write_failure(path: Path, err: BaseException) -> str:
+    """``PATH: could not write the checkpoint: CAUSE; FREE free on FOLDER; what is still there``."""
+    cause = err
+    while cause is not None and not isinstance(cause, OSError):  # torch wraps the write's OSError
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, OSError) and cause.errno is not None:
+        reason = (f"{_FULL.get(cause.errno, 'the write failed')} "
+                  f"({errno.errorcode.get(cause.errno, cause.errno)}: {cause.strerror})")
+    else:  # torch's own writer: "unexpected pos 48384 vs 48304" means a short write
+        reason = f"the write failed, usually because the disk is full (torch: {str(err).strip()})"
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**30:.2f} GiB free on {path.parent}"
+    except OSError:
+        free = f"free space of {path.parent} unknown"
+    return f"{path}: could not write the checkpoint: {reason}; {free}; {previous_hint(path)}"
+
+
+def previous_hint(path: Path) -> str:
+    """What a failed save leaves: the checkpoint ``latest`` names (``path`` is inside a staging folder)."""
+    pointer = path.parent.parent / LATEST
+    if pointer.is_file():
+        return (f"the previous checkpoint {pointer.parent / pointer.read_text().strip()} is intact and "
+                f"{pointer} still names it; free some space (or lower checkpoint.keep_last) and resume")
+    return "no checkpoint was published yet; free some space and start again"
 
 
 def publish(root: Path, step: int, keep_last: int) -> Path:
@@ -111,8 +151,10 @@ def publish(root: Path, step: int, keep_last: int) -> Path:
     return final
 
 
-def find_resume(root: Path, resume: Optional[str]) -> Optional[Path]:
-    """``auto``: the folder ``latest`` names (None on a fresh run); else an explicit path."""
+def find_resume(root: Path, resume: Optional[str],
+                warn: Callable[[str], None] = lambda message: None) -> Optional[Path]:
+    """``auto``: the folder ``latest`` names (None on a fresh run; if its ``state.pt`` is cut
+    off, the previous complete checkpoint, after ``warn``); else an explicit path."""
     if resume is None:
         return None
     if resume != "auto":
@@ -120,6 +162,9 @@ def find_resume(root: Path, resume: Optional[str]) -> Optional[Path]:
         if not (path / STATE_FILE).exists():
             raise CheckpointError(f"checkpoint.resume: {path} holds no {STATE_FILE}; pass a "
                                     f"checkpoint folder such as {root / checkpoint_name(1000)}")
+        if not is_complete(path / STATE_FILE):
+            raise CheckpointError(f"{path / STATE_FILE}: truncated or unreadable; "
+                                  f"{offer_previous(path)} as checkpoint.resume")
         return path
     pointer = root / LATEST
     if not pointer.exists():
@@ -128,7 +173,48 @@ def find_resume(root: Path, resume: Optional[str]) -> Optional[Path]:
     if not (path / STATE_FILE).exists():
         raise CheckpointError(f"{pointer} names {path}, which holds no {STATE_FILE}; "
                                 "delete the pointer or set checkpoint.resume to a good folder")
-    return path
+    if is_complete(path / STATE_FILE):
+        return path
+    previous = previous_complete(path)
+    if previous is None:
+        raise CheckpointError(f"{path / STATE_FILE} (named by {pointer}): truncated or unreadable, and "
+                              "no complete checkpoint precedes it; set checkpoint.resume=null to start again")
+    warn(f"{path / STATE_FILE} is truncated or unreadable; resuming from the previous complete "
+         f"checkpoint {previous} (delete {path} to silence this warning)")
+    return previous
+
+
+def is_complete(state_file: Path) -> bool:
+    """True when ``state_file`` is a whole torch zip archive: a cut-off write lacks the zip
+    directory at the end (read from the tail only, so cheap for any checkpoint size)."""
+    try:
+        with zipfile.ZipFile(state_file) as archive:
+            return bool(archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def previous_complete(folder: Path) -> Optional[Path]:
+    """The newest ``step-*`` sibling older than ``folder`` whose ``state.pt`` is complete."""
+    older = sorted(p for p in folder.parent.glob("step-*") if p.name < folder.name)
+    return next((p for p in reversed(older) if is_complete(p / STATE_FILE)), None)
+
+
+def offer_previous(folder: Path) -> str:
+    previous = previous_complete(folder) if folder.name.startswith("step-") else None
+    if previous is None:
+        return f"no complete checkpoint precedes it; pass a {STATE_FILE} written by python -m mlcdist.train"
+    return f"the previous complete checkpoint is {previous}; pass that folder"
+
+
+def load_state(folder: Path) -> dict[str, Any]:
+    """``folder/state.pt`` for a resume; a cut-off or corrupt file is a :class:`CheckpointError`."""
+    path = folder / STATE_FILE
+    try:
+        return load_file(path)
+    except (OSError, RuntimeError, EOFError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{path}: truncated or unreadable ({type(err).__name__}: {err}); "
+                              f"{offer_previous(folder)} as checkpoint.resume") from None
 
 
 def load_file(path: Path) -> Any:
@@ -165,8 +251,8 @@ def read(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: "
-                              f"{err}); pass a {STATE_FILE} written by python -m mlcdist.train") from None
+        raise CheckpointError(f"{path}: truncated or unreadable, not a readable torch checkpoint "
+                              f"({type(err).__name__}: {err}); {offer_previous(path.parent)}") from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path}: not an mlcdist pretraining checkpoint (missing {missing}); "

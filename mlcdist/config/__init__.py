@@ -10,12 +10,12 @@ from mlcdist.config.loading import (
 )
 from mlcdist.config.schema import (
     AugmentConfig, CheckpointConfig, ConfigError, DataConfig, EvalConfig, LoggingConfig, LossConfig,
-    ModelConfig, OptimConfig, PrecisionConfig, QueueConfig, RecipeConfig, ScheduleConfig,
+    ModelConfig, OptimConfig, ParallelConfig, PrecisionConfig, QueueConfig, RecipeConfig, ScheduleConfig,
 )
 
 __all__ = [
     "AugmentConfig", "CheckpointConfig", "ConfigError", "DataConfig", "EvalConfig", "LoggingConfig",
-    "LossConfig", "ModelConfig", "OptimConfig", "PrecisionConfig", "QueueConfig", "RecipeConfig",
+    "LossConfig", "ModelConfig", "OptimConfig", "ParallelConfig", "PrecisionConfig", "QueueConfig", "RecipeConfig",
     "ScheduleConfig", "apply_overrides", "dump_yaml", "from_dict", "load_raw", "load_recipe", "merge",
     "parse_override", "save_recipe", "to_dict",
 ]

@@ -33,6 +33,8 @@ class DataConfig:
     ``train``/``val``/``test`` are shard folders holding ``dataset.json`` (or any URL/brace
     pattern webdataset opens, with ``dataset.json`` beside it). ``batch_size`` is per process:
     the global batch is ``batch_size x world_size x optim.grad_accum``.
+    ``max_skipped_fraction``: the largest share of an epoch's samples (all ranks) that may be
+    corrupt or missing (skipped, their batch slots refilled) before training stops with an error.
     """
 
     train: str = ""
@@ -43,11 +45,13 @@ class DataConfig:
     shuffle_buffer: int = 1000
     resampled: bool = False
     seed: int = 0
+    max_skipped_fraction: float = 0.01
 
     def validate(self) -> None:
         _positive(self, "batch_size")
         _non_negative(self, "num_workers")
         _non_negative(self, "shuffle_buffer")
+        _probability(self, "max_skipped_fraction")
 
 
 @dataclass
@@ -184,6 +188,18 @@ class PrecisionConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """``timeout_minutes``: how long a collective (all-reduce, barrier, all-gather) waits for a
+    stalled or dead rank before the job fails (torch's own defaults: 30 min gloo, 10 min NCCL).
+    Raise it when a rank legitimately works alone for long, e.g. rank 0 saving a huge checkpoint."""
+
+    timeout_minutes: float = 10.0
+
+    def validate(self) -> None:
+        _positive(self, "timeout_minutes")
+
+
+@dataclass
 class CheckpointConfig:
     """Checkpoints go to ``RUN_DIR/checkpoints``; ``resume``: ``auto`` (latest, if any),
     a checkpoint path, or null."""
@@ -252,6 +268,7 @@ class RecipeConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

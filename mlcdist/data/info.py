@@ -9,12 +9,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from mlcdist.errors import MlcdistError
+
 FORMAT = "mlcdist-shards/1"
 INDEX_NAME = "dataset.json"
 # A shard name is one plain file name: no folder, no scheme (``pipe:``), no shell metacharacters,
 # because it is appended to the data location and a ``pipe:`` location runs it through a shell.
 # The converter writes ``shard-NNNNNN.tar`` (``shards.SHARD_PATTERN``), which this admits.
 SAFE_SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,200}\.tar")
+
+
+class DatasetError(MlcdistError):
+    """A data location or ``dataset.json`` that cannot be read as a data set; names the file."""
 
 
 @dataclass
@@ -81,15 +87,15 @@ def check_shard_entries(path: str, shards: list) -> None:
     for k, entry in enumerate(shards):
         name = entry.file
         if not isinstance(name, str) or not SAFE_SHARD_NAME.fullmatch(name):
-            raise ValueError(
+            raise DatasetError(
                 f"{path}: shards[{k}].file {name!r} is not a plain shard file name (letters, digits, "
                 "'.', '_', '-', ending in .tar, e.g. shard-000000.tar); refusing to read it, "
                 "re-run the converter")
         if isinstance(entry.num_samples, bool) or not isinstance(entry.num_samples, int) \
                 or entry.num_samples < 0:
-            raise ValueError(f"{path}: shards[{k}].num_samples {entry.num_samples!r} must be an integer >= 0")
+            raise DatasetError(f"{path}: shards[{k}].num_samples {entry.num_samples!r} must be an integer >= 0")
         if not isinstance(entry.sha256, str):
-            raise ValueError(f"{path}: shards[{k}].sha256 {entry.sha256!r} must be a string")
+            raise DatasetError(f"{path}: shards[{k}].sha256 {entry.sha256!r} must be a string")
 
 
 def index_location(location: str) -> tuple[str, str]:
@@ -123,16 +129,16 @@ def load_dataset_info(location: str | Path) -> DatasetInfo:
     try:
         data: dict[str, Any] = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); re-run the converter or `verify`") from None
+        raise DatasetError(f"{path}: not valid JSON ({err}); re-run the converter or `verify`") from None
     if data.get("format") != FORMAT:
-        raise ValueError(f"{path}: format is {data.get('format')!r}, expected {FORMAT!r}")
+        raise DatasetError(f"{path}: format is {data.get('format')!r}, expected {FORMAT!r}")
     try:
         shards = [ShardEntry(**s) for s in data.pop("shards")]
         data.pop("format")
         info = DatasetInfo(shards=shards, root=root, **data)
     except (KeyError, TypeError) as err:
-        raise ValueError(f"{path}: malformed dataset.json ({err}); re-run the converter") from None
+        raise DatasetError(f"{path}: malformed dataset.json ({err}); re-run the converter") from None
     check_shard_entries(path, info.shards)
     if len(info.class_names) != info.num_classes:
-        raise ValueError(f"{path}: class_names has {len(info.class_names)} names, num_classes is {info.num_classes}")
+        raise DatasetError(f"{path}: class_names has {len(info.class_names)} names, num_classes is {info.num_classes}")
     return info

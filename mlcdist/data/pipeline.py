@@ -51,7 +51,7 @@ from mlcdist.config import AugmentConfig, DataConfig
 from mlcdist.data import augment as aug
 from mlcdist.data import gpu_augment
 from mlcdist.data.batch import PretrainBatch, views_to_device
-from mlcdist.data.info import DatasetInfo, join_url, load_dataset_info
+from mlcdist.data.info import DatasetError, DatasetInfo, join_url, load_dataset_info
 from mlcdist.data.plan import PlanMode, batches_per_rank, mix_seed, plan_worker
 
 log = logging.getLogger("mlcdist.data")
@@ -83,7 +83,7 @@ def resolve(location: str) -> tuple[DatasetInfo, ShardSet]:
     by_file = {s.file: i for i, s in enumerate(info.shards)}
     missing = [f for f in wanted if f not in by_file]
     if missing:
-        raise ValueError(f"{location}: {missing[0]} is not listed in {join_url(info.root, 'dataset.json')}; "
+        raise DatasetError(f"{location}: {missing[0]} is not listed in {join_url(info.root, 'dataset.json')}; "
                          "pick shards named there")
     picked = [by_file[f] for f in wanted]
     shards = ShardSet(tuple(join_url(info.root, info.shards[i].file) for i in picked),
@@ -156,9 +156,9 @@ class ShardStream(IterableDataset):
     def __init__(self, info: DatasetInfo, shards: ShardSet, data: DataConfig, augment: AugmentConfig,
                  mode: Mode, rank: int, world_size: int):
         if info.modality not in ("image", "vector"):
-            raise ValueError(f"{info.root}/dataset.json: modality {info.modality!r} must be 'image' or 'vector'")
+            raise DatasetError(f"{info.root}/dataset.json: modality {info.modality!r} must be 'image' or 'vector'")
         if info.modality == "vector" and not info.feature_dim:
-            raise ValueError(f"{info.root}/dataset.json: vector data needs feature_dim")
+            raise DatasetError(f"{info.root}/dataset.json: vector data needs feature_dim")
         self.info, self.shards, self.data, self.augment = info, shards, data, augment
         self.mode, self.rank, self.world_size = mode, rank, world_size
         self.plan_mode: PlanMode = "eval" if mode == "eval" else ("resampled" if data.resampled else "train")
@@ -169,7 +169,7 @@ class ShardStream(IterableDataset):
         self.raw_jpeg = mode == "pretrain" and info.modality == "image" and augment.device == "gpu"
         self.batches = batches_per_rank(sum(shards.sizes), world_size, data.batch_size, self.plan_mode)
         if self.batches == 0:
-            raise ValueError(f"{info.root}: {sum(shards.sizes)} samples give no full batch of "
+            raise DatasetError(f"{info.root}: {sum(shards.sizes)} samples give no full batch of "
                              f"{data.batch_size} x {world_size} ranks; lower data.batch_size")
 
     # -- raw stream --------------------------------------------------------------------------
@@ -255,7 +255,7 @@ class ShardStream(IterableDataset):
         skipped = sum(1 for (i, _), d in zip(chunk, decoded) if d is None and i >= 0)
         if self.mode == "pretrain":
             if not good:
-                raise RuntimeError(f"a whole batch of {len(chunk)} samples around index {chunk[0][0]} is "
+                raise DatasetError(f"a whole batch of {len(chunk)} samples around index {chunk[0][0]} is "
                                    "unreadable; check the shards (converter `verify`) and re-convert")
             holes = [k for k, d in enumerate(decoded) if d is None]
             # hole h is refilled by good sample h mod |good|, with salt 1 + h // |good| (fresh views)
@@ -327,11 +327,14 @@ class Loader:
                             # so iterating never advances the global RNG (exact resume)
                             generator=torch.Generator().manual_seed(self.stream.data.seed))
         before = self.skipped
-        for batch in loader:
-            self.skipped += int(batch.pop("skipped"))
-            if "views" in batch:  # DataLoader's default_convert turns the tuple into a list
-                batch["views"] = tuple(batch["views"])
-            yield batch
+        try:
+            for batch in loader:
+                self.skipped += int(batch.pop("skipped"))
+                if "views" in batch:  # DataLoader's default_convert turns the tuple into a list
+                    batch["views"] = tuple(batch["views"])
+                yield batch
+        except DatasetError as err:  # from a worker, DataLoader prepends the worker's traceback
+            raise DatasetError(str(err).rstrip().splitlines()[-1].split("DatasetError: ", 1)[-1]) from None
         self.stream.skip_batches = 0  # a resume offset applies to one pass only
         if self.skipped > before:
             log.warning("epoch %d, rank %d: %d corrupt or missing samples skipped (batch count unchanged)",

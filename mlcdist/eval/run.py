@@ -146,7 +146,7 @@ def run_eval(args: argparse.Namespace) -> Optional[dict]:
     infos = split_infos(cfg)
     check_compatible(cfg, ckpt, infos)
     random_init = ckpt is None or args.random_init
-    acc = make_accelerator(cfg.precision.mixed)
+    acc = make_accelerator(cfg.precision.mixed, timeout_minutes=cfg.parallel.timeout_minutes)
     strategy, main = detect_strategy(acc), acc.is_main_process
     console = Console(stderr=True, quiet=not main)
     val_mask = None if "val" in infos else carve_validation(infos["train"].num_samples, cfg.eval.val_fraction,

@@ -15,6 +15,7 @@ the environment Accelerate sets up:
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from enum import Enum
 from typing import Optional
 
@@ -35,10 +36,18 @@ def _env_true(name: str) -> bool:
 def use_cpu() -> bool:
     return _env_true("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
 
-def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1):
-    """An Accelerator for this process; gloo on CPU, fp16 only on CUDA."""
-    from accelerate import Accelerator
+def process_group_kwargs(cpu: bool, timeout_minutes: float):
+    """Accelerate's ``init_process_group`` settings: gloo on CPU, ``parallel.timeout_minutes``
+    for every collective (a stalled rank fails the job after it, not after torch's 30 min)."""
     from accelerate.utils import InitProcessGroupKwargs
+
+    timeout = timedelta(minutes=timeout_minutes)
+    return InitProcessGroupKwargs(backend="gloo", timeout=timeout) if cpu else InitProcessGroupKwargs(timeout=timeout)
+
+def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1, timeout_minutes: float = 10.0):
+    """An Accelerator for this process; gloo on CPU, fp16 only on CUDA; collectives give up
+    after ``timeout_minutes`` (``parallel.timeout_minutes``)."""
+    from accelerate import Accelerator
 
     cpu = use_cpu()
     if cpu and mixed_precision == "fp16":
@@ -47,7 +56,7 @@ def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1):
         raise MlcdistError("precision.mixed: fp16 needs a CUDA device (Accelerate has no fp16 "
                           "autocast or loss scaler on CPU); use precision.mixed=bf16 or no")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    handlers = [InitProcessGroupKwargs(backend="gloo")] if cpu and distributed else []
+    handlers = [process_group_kwargs(cpu, timeout_minutes)] if distributed else []
     # DeepSpeed is initialised by `wrap` itself (Accelerate's plugin needs transformers and
     # is disabled on CPU), so Accelerate sets up a plain process group here.
     from accelerate.state import AcceleratorState

@@ -47,11 +47,14 @@ class RunLog:
         if self._bar is not None:
             self._bar.update(self._task, completed=step)
 
-    def log(self, record: dict[str, Any]) -> None:
+    def log(self, record: dict[str, Any], line: bool = True) -> None:
+        """Append ``record`` to metrics.jsonl; ``line``: also the plain step line / bar status."""
         if not self.main:
             return
         record = {"time": round(time.time(), 3), **record}
         self._metrics.write(json.dumps(record) + "\n")
+        if not line:
+            return
         if self._plain and not self.console.quiet and "step" in record:
             eta = eta_seconds(record["step"], self._total, time.perf_counter() - self._start, self._start_step)
             plain(step_line(record, self._total, eta))

@@ -91,7 +91,7 @@ class RunState:
         return final
 
     def load(self, folder: Path) -> None:
-        state = ckpt.load_file(folder / ckpt.STATE_FILE)
+        state = ckpt.load_state(folder)
         if state["world_size"] != self.world:
             raise MlcdistError(
                 f"{folder}: saved with {state['world_size']} processes, resuming with {self.world}; "
@@ -107,8 +107,10 @@ class RunState:
             ckpt.set_rng_state(ckpt.load_file(rng))
 
     def latest(self, resume: Optional[str]) -> Optional[Path]:
-        """The folder to resume from (``checkpoint.resume``: ``auto``, a path or None)."""
-        return ckpt.find_resume(self.root, resume)
+        """The folder to resume from (``checkpoint.resume``: ``auto``, a path or None); a
+        fall-back past a cut-off ``state.pt`` leaves its warning in :attr:`warnings`."""
+        self.warnings: list[str] = []
+        return ckpt.find_resume(self.root, resume, warn=self.warnings.append)
 
     def has(self, step: int) -> bool:
         return (self.root / ckpt.checkpoint_name(step)).exists()

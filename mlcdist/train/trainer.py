@@ -34,6 +34,7 @@ from mlcdist.train.health import checkpoint_hint, first_non_finite
 from mlcdist.train.objective import contrastive_loss, supervised_loss
 from mlcdist.train.preempt import StopRequest
 from mlcdist.train.runlog import RunLog
+from mlcdist.train.skips import check_skipped, job_counts, loader_skipped, skip_record
 from mlcdist.train.state import RunState, ScalerState, TrainState
 
 
@@ -56,10 +57,13 @@ class Trainer:
         ``console`` (default: stderr) receives the run's messages and progress."""
         self.cfg = cfg
         self.console = console
-        self.acc = make_accelerator(cfg.precision.mixed, cfg.optim.grad_accum)
+        self.acc = make_accelerator(cfg.precision.mixed, cfg.optim.grad_accum, cfg.parallel.timeout_minutes)
         self.strategy = detect_strategy(self.acc)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        if info is None and not cfg.data.train:
+            raise MlcdistError("data.train is empty; set it to a shard folder holding dataset.json "
+                               "(python -m tools.make_shards writes one), e.g. data.train=shards/coco/train")
         self.info = info or load_dataset_info(cfg.data.train)
         self.contrastive = cfg.loss.kind != "bce"
         model = build_model(cfg.model, num_classes=self.info.num_classes, in_dim=self.info.feature_dim,
@@ -160,6 +164,8 @@ class Trainer:
             self.resume(resume_from)
         log = RunLog(self.run_dir, cfg, main=self.acc.is_main_process, total_steps=self.total_steps,
                      progress=cfg.logging.progress, start_step=self.step, console=self.console)
+        for warning in self.state.warnings:
+            log.message(f"[bold yellow]warning:[/] {warning}")
         if resume_from is not None:
             log.message(f"resumed from {resume_from} at step {self.step} (epoch {self.epoch})")
         log.message(f"[bold]mlcdist[/] {self.strategy.value} x{self.world}, {self.info.name}: "
@@ -169,7 +175,9 @@ class Trainer:
         self._last = torch.zeros((), device=self.acc.device)
         try:
             while self.step < last_step and not self.interrupted:
+                skipped, micro = loader_skipped(self.loader), self.micro
                 self._run_epoch(log, last_step)
+                self._report_skipped(log, loader_skipped(self.loader) - skipped, self.micro - micro)
                 if self.micro >= self.steps_per_epoch * cfg.optim.grad_accum:  # epoch complete
                     self.progress.epoch += 1
                     self.progress.micro = 0
@@ -217,6 +225,15 @@ class Trainer:
                 self.interrupted = self._stop.agreed()  # every step, all ranks (see preempt.py)
             if self.step >= last_step or self.interrupted:
                 return
+
+    def _report_skipped(self, log: RunLog, skipped: int, micro_batches: int) -> None:
+        """The epoch pass's corrupt/missing samples over all ranks: a line, a metrics record,
+        and a stop above ``data.max_skipped_fraction`` (mlcdist/train/skips.py)."""
+        skipped, samples = job_counts(skipped, micro_batches * self.cfg.data.batch_size, self.acc.device)
+        record = skip_record(self.epoch, self.step, skipped, samples)
+        log.log(record, line=False)
+        log.message(f"epoch {self.epoch}: {skipped} of {samples} samples skipped (corrupt or missing)")
+        check_skipped(record, self.cfg.data.max_skipped_fraction, checkpoint_hint(self.ckpt_root))
 
     def _check_finite(self) -> None:
         if bool(self._bad):
