@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 from mlcdist.config import AugmentConfig, DataConfig  # noqa: E402
 from mlcdist.data.augment import decode_image, draft_side  # noqa: E402
-from mlcdist.data.pipeline import make_loader, read_shard, resolve  # noqa: E402
+from mlcdist.data.pipeline import make_loader, resolve  # noqa: E402
+from mlcdist.data.records import read_shard  # noqa: E402
 
 
 def photo_jpeg(rng: np.random.Generator) -> bytes:

@@ -18,7 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from mlcdist.data.info import DatasetInfo
-from mlcdist.data.shards import EncodeSettings, parse_size, write_shards
+from mlcdist.data.encode import EncodeSettings
+from mlcdist.data.shards import parse_size, write_shards
 from mlcdist.data.verify import verify
 from mlcdist.data.sources.common import Listing
 

@@ -1,8 +1,9 @@
 """The one shard writer: deterministic WebDataset tars plus ``dataset.json`` (see shards/README.md).
 
-Sources list lightweight :class:`SampleSpec`\\ s (an image path, raw pixels or a vector, plus
-label indices); :func:`write_shards` decodes and resizes them in worker processes, keeps their
-order, and cuts the stream into ``shard-NNNNNN.tar`` files. A shard is closed before sample
+Sources list lightweight :class:`~mlcdist.data.encode.SampleSpec`\\ s (an image path, raw pixels
+or a vector, plus label indices); :func:`write_shards` encodes them in worker processes
+(``encode.py``), keeps their order, and cuts the stream of records (``records.py``) into
+``shard-NNNNNN.tar`` files. A shard is closed before sample
 ``k`` would push it past ``max_samples_per_shard`` samples or ``max_shard_bytes`` bytes:
 
     close  iff  count >= max_samples  or  bytes + tar_size(k) > max_bytes   (and count > 0)
@@ -22,71 +23,21 @@ import json
 import os
 import re
 import tarfile
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
 
-from mlcdist.data.info import INDEX_NAME, DatasetInfo, ShardEntry
+from mlcdist.data.encode import EncodeSettings, SampleSpec, encoded
+from mlcdist.data.info import INDEX_NAME, SHARD_PATTERN, DatasetInfo, ShardEntry
+from mlcdist.data.records import EncodedSample, Skipped, record_members, sha256_file, tar_bytes
 
 PROGRESS_NAME = "make_shards.progress.json"
-SHARD_PATTERN = re.compile(r"shard-\d{6}\.tar(\.tmp)?")
 DEFAULT_MAX_SAMPLES = 10_000
 DEFAULT_MAX_BYTES = 256 * 10**6
-
-
-@dataclass
-class SampleSpec:
-    """What a source knows about one sample before decoding: exactly one of ``path`` (an image
-    file), ``pixels`` (an ``H x W`` or ``H x W x 3`` uint8 array) or ``vector`` (1-D features)."""
-
-    source: str
-    labels: tuple[int, ...]
-    path: str | None = None
-    pixels: np.ndarray | None = None
-    vector: np.ndarray | None = None
-    meta: dict | None = None
-
-
-@dataclass
-class EncodedSample:
-    """One sample ready to write: payload bytes under ``ext`` (``jpg`` or ``npy``)."""
-
-    ext: str
-    payload: bytes
-    labels: list[int]
-    source: str
-    meta: dict | None = None
-
-
-@dataclass
-class Skipped:
-    """An input left out (missing or corrupt image); listed in ``dataset.json``."""
-
-    source: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class EncodeSettings:
-    """Image encoding done once at conversion: shorter side scaled down to ``shorter_side``
-    (never up; ``None`` keeps the size) and saved as baseline JPEG of ``quality``."""
-
-    shorter_side: int | None = 256
-    quality: int = 90
-
-    def __post_init__(self) -> None:
-        if self.shorter_side is not None and self.shorter_side < 1:
-            raise ValueError(f"shorter_side={self.shorter_side}: use a positive size or None")
-        if not 1 <= self.quality <= 100:
-            raise ValueError(f"quality={self.quality}: JPEG quality must be in 1..100")
 
 
 def parse_size(text: str) -> int:
@@ -109,115 +60,6 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * units[match.group(2).lower()])
 
 
-def npy_bytes(vector: np.ndarray) -> bytes:
-    """A 1-D float32 ``.npy`` payload (no pickle)."""
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(np.ravel(vector), dtype=np.float32), allow_pickle=False)
-    return buf.getvalue()
-
-
-def _scaled_size(size: tuple[int, int], shorter_side: int | None) -> tuple[int, int]:
-    """``(w, h) * s / min(w, h)`` rounded, only when that shrinks the image."""
-    w, h = size
-    if not shorter_side or min(w, h) <= shorter_side:
-        return w, h
-    scale = shorter_side / min(w, h)
-    return max(1, round(w * scale)), max(1, round(h * scale))
-
-
-def jpeg_bytes(image: Image.Image, settings: EncodeSettings) -> bytes:
-    """Resize (down only, bicubic) and save as JPEG with fixed parameters (no EXIF/ICC kept)."""
-    image = image.convert("RGB")
-    target = _scaled_size(image.size, settings.shorter_side)
-    if target != image.size:
-        image = image.resize(target, Image.Resampling.BICUBIC)
-    buf = io.BytesIO()
-    image.save(
-        buf, "JPEG", quality=settings.quality, subsampling=2, optimize=False, progressive=False
-    )
-    return buf.getvalue()
-
-
-def _open_image(path: str, settings: EncodeSettings) -> Image.Image:
-    with Image.open(path) as image:
-        # JPEG DCT scaling decodes large photos at 1/2..1/8 of the cost; still >= the target size.
-        image.draft("RGB", _scaled_size(image.size, settings.shorter_side))
-        return ImageOps.exif_transpose(image).convert("RGB")
-
-
-def encode_spec(spec: SampleSpec, settings: EncodeSettings) -> EncodedSample | Skipped:
-    """Decode, resize and encode one sample (runs in worker processes)."""
-    labels = sorted(set(int(j) for j in spec.labels))
-    if spec.vector is not None:
-        with np.errstate(over="ignore"):  # beyond float32 range becomes inf, reported below
-            vector = np.asarray(spec.vector).astype(np.float32)
-        bad = int(np.count_nonzero(~np.isfinite(vector)))
-        if bad:  # NaN/inf: never trainable, left out (and listed) like a corrupt image
-            return Skipped(spec.source, f"non-finite vector: {bad} NaN/inf values (float32)")
-        return EncodedSample("npy", npy_bytes(vector), labels, spec.source, spec.meta)
-    try:
-        image = (
-            Image.fromarray(spec.pixels)
-            if spec.pixels is not None
-            else _open_image(spec.path, settings)
-        )
-        return EncodedSample("jpg", jpeg_bytes(image, settings), labels, spec.source, spec.meta)
-    except FileNotFoundError:
-        return Skipped(spec.source, f"missing image: {spec.path}")
-    except Exception as err:  # any decoder failure means an unreadable file: skip it, never die
-        return Skipped(spec.source, f"corrupt image: {type(err).__name__}: {err}")
-
-
-def _encoded(specs: Sequence[SampleSpec], settings: EncodeSettings, workers: int) -> Iterator:
-    """Encoded samples in input order; a bounded window of chunked maps keeps memory flat."""
-    fn = partial(encode_spec, settings=settings)
-    if workers <= 1 or len(specs) < 4 * workers:
-        yield from map(fn, specs)
-        return
-    chunk = max(1, min(64, len(specs) // (8 * workers)))
-    window = chunk * workers * 8
-    pool = ProcessPoolExecutor(workers)
-    try:
-        pending: deque = deque()
-        for lo in range(0, len(specs), window):
-            pending.append(pool.map(fn, specs[lo : lo + window], chunksize=chunk))
-            if len(pending) > 2:
-                yield from pending.popleft()
-        while pending:
-            yield from pending.popleft()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _tar_bytes(size: int) -> int:
-    return 512 + -(-size // 512) * 512  # header block + data padded to 512
-
-
-def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
-    info.uname = info.gname = ""
-    return info, data
-
-
-def _members(key: int, sample: EncodedSample) -> list[tuple[tarfile.TarInfo, bytes]]:
-    stem = f"{key:09d}"
-    meta = {**(sample.meta or {}), "source": sample.source}
-    return [
-        _member(f"{stem}.{sample.ext}", sample.payload),
-        _member(f"{stem}.labels.json", json.dumps(sample.labels).encode()),
-        _member(f"{stem}.meta.json", json.dumps(meta, sort_keys=True).encode()),
-    ]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -237,7 +79,7 @@ class _Shard:
         for info, data in members:
             self.tar.addfile(info, io.BytesIO(data))
         self.count += 1
-        self.bytes += sum(_tar_bytes(info.size) for info, _ in members)
+        self.bytes += sum(tar_bytes(info.size) for info, _ in members)
         self.labels.extend(labels)
 
     def close(self) -> dict:
@@ -333,8 +175,8 @@ def _write(
         bad = [j for j in sample.labels if not 0 <= j < num_classes]
         if bad:
             raise ValueError(f"{sample.source}: label index {bad[0]} outside 0..{num_classes - 1}")
-        members = _members(key, sample)
-        size = sum(_tar_bytes(info.size) for info, _ in members)
+        members = record_members(key, sample)
+        size = sum(tar_bytes(info.size) for info, _ in members)
         if shard is not None and (shard.count >= max_samples or shard.bytes + size > max_bytes):
             finish(index)
             shard = None
@@ -450,7 +292,7 @@ def write_shards(
     state = _load_state(out, settings) if resume else _State(settings)
     start = state.next_input
     bar, advance = _progress_bar(progress, len(specs), start, f"{name}")
-    stream = _encoded(specs[start:], encode, workers if modality == "image" else 1)
+    stream = encoded(specs[start:], encode, workers if modality == "image" else 1)
     with bar, closing(stream):
         _write(
             enumerate(stream, start),

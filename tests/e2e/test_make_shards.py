@@ -15,12 +15,8 @@ from support.paths import MULAN, needs_mulan
 from support.image_trees import coco_tree, read_back, write_image
 
 from mlcdist.data.info import load_dataset_info
-from mlcdist.data.shards import (
-    PROGRESS_NAME,
-    SampleSpec,
-    parse_size,
-    write_shards,
-)
+from mlcdist.data.encode import SampleSpec
+from mlcdist.data.shards import PROGRESS_NAME, parse_size, write_shards
 from mlcdist.data.verify import verify
 from tools.make_shards import main
 
