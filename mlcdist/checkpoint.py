@@ -29,7 +29,6 @@ num_classes     classes of the training set; ``feature_dim``: vector width (None
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 from pathlib import Path
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 
 from mlcdist.errors import MlcdistError
+from mlcdist.fileio import atomic_write, rename_into_place, write_text
 
 LATEST = "latest"
 STATE_FILE = "state.pt"
@@ -91,9 +91,9 @@ def staging_dir(root: Path, step: int) -> Path:
 
 
 def save_file(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".partial")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` through the atomic writer (``fileio.atomic_write``)."""
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 def publish(root: Path, step: int, keep_last: int) -> Path:
@@ -101,10 +101,8 @@ def publish(root: Path, step: int, keep_last: int) -> Path:
     final = root / checkpoint_name(step)
     if final.exists():
         shutil.rmtree(final)
-    os.replace(staging_path(root, step), final)
-    pointer = root / f".{LATEST}.partial"
-    pointer.write_text(final.name + "\n")
-    os.replace(pointer, root / LATEST)
+    rename_into_place(staging_path(root, step), final)
+    write_text(root / LATEST, final.name + "\n")
     complete = sorted(p for p in root.glob("step-*") if p.is_dir())
     for old in complete[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import tarfile
 from collections.abc import Callable, Iterable, Sequence
@@ -32,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from mlcdist.data.encode import EncodeSettings, SampleSpec, encoded
-from mlcdist.data.info import INDEX_NAME, SHARD_PATTERN, DatasetInfo, ShardEntry
+from mlcdist.data.info import INDEX_NAME, SHARD_NAME, SHARD_PATTERN, DatasetInfo, ShardEntry
 from mlcdist.data.records import EncodedSample, Skipped, record_members, sha256_file, tar_bytes
+from mlcdist.fileio import AtomicFile, write_text
 
 PROGRESS_NAME = "make_shards.progress.json"
 DEFAULT_MAX_SAMPLES = 10_000
@@ -60,18 +60,12 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * units[match.group(2).lower()])
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class _Shard:
-    """One tar being written under a temporary name; renamed into place when complete."""
+    """One tar being written as ``.NAME.partial``; put into place by the atomic writer when complete."""
 
     def __init__(self, path: Path, num_classes: int):
-        self.path, self.tmp = path, path.with_name(path.name + ".tmp")
-        self.tar = tarfile.open(self.tmp, "w", format=tarfile.USTAR_FORMAT)
+        self.path, self.file = path, AtomicFile(path)
+        self.tar = tarfile.open(fileobj=self.file.handle, mode="w", format=tarfile.USTAR_FORMAT)
         self.count, self.bytes, self.labels = 0, 0, []
         self.num_classes = num_classes
 
@@ -83,8 +77,8 @@ class _Shard:
         self.labels.extend(labels)
 
     def close(self) -> dict:
-        self.tar.close()
-        os.replace(self.tmp, self.path)
+        self.tar.close()  # writes the end blocks; the file itself stays open for the commit
+        self.file.commit()
         counts = np.bincount(np.asarray(self.labels, dtype=np.int64), minlength=self.num_classes)
         return {
             "file": self.path.name,
@@ -115,7 +109,7 @@ def _load_state(out: Path, settings: dict) -> _State:
         return _State(settings)
     kept: list[dict] = []
     for shard in saved["shards"]:
-        if not SHARD_PATTERN.fullmatch(str(shard.get("file"))) or shard["file"].endswith(".tmp"):
+        if not SHARD_NAME.fullmatch(str(shard.get("file"))):
             break  # only names this writer produces; anything else restarts from there
         shard_path = out / shard["file"]
         if not shard_path.exists() or sha256_file(shard_path) != shard["sha256"]:
@@ -161,7 +155,7 @@ def _write(
         state.shards.append(entry)
         state.next_input = end_input
         if save_progress:
-            _atomic_write_text(out / PROGRESS_NAME, json.dumps(asdict(state)))
+            write_text(out / PROGRESS_NAME, json.dumps(asdict(state)))
         if on_shard is not None:
             on_shard(ShardEntry(entry["file"], entry["num_samples"], entry["sha256"]))
 
@@ -219,7 +213,7 @@ def _finalise(
         source=source or {},
         root=str(out),
     )
-    _atomic_write_text(out / INDEX_NAME, info.to_json())
+    write_text(out / INDEX_NAME, info.to_json())
     keep = {s.file for s in info.shards}
     for path in out.iterdir():
         if SHARD_PATTERN.fullmatch(path.name) and path.name not in keep:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from mlcdist import checkpoint
 from mlcdist.errors import MlcdistError
+from mlcdist.fileio import atomic_write
 from mlcdist.parallel import all_gather_rows, all_reduce_sum, world
 from mlcdist.progress import length, track
 
@@ -202,9 +203,8 @@ def cache_key(checkpoint: Optional[Path], split_location: str, settings: dict) -
 def save_features(features: FeatureSet, path: Path) -> None:
     """Tensors only, written atomically (a crash never leaves a half file under the name)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
-    torch.save({"features": features.features, "labels": features.labels, "index": features.index}, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        torch.save({"features": features.features, "labels": features.labels, "index": features.index}, f)
 
 
 def load_features(path: Path) -> FeatureSet:
