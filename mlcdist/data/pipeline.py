@@ -49,8 +49,9 @@ from mlcdist.data import augment as aug
 from mlcdist.data import gpu_augment
 from mlcdist.data.batch import PretrainBatch, views_to_device
 from mlcdist.data.info import DatasetInfo, join_url, load_dataset_info
-from mlcdist.data.plan import PlanMode, batches_per_rank, mix_seed, plan_worker
+from mlcdist.data.plan import PlanMode, batches_per_rank, plan_worker
 from mlcdist.data.records import LABELS_MEMBER, decode_labels, decode_vector, read_shard
+from mlcdist.seeds import mix_seed, sample_seeds
 
 log = logging.getLogger("mlcdist.data")
 Mode = Literal["pretrain", "eval"]
@@ -218,7 +219,7 @@ class ShardStream(IterableDataset):
             return None
 
     def _views(self, payloads: list, index: torch.Tensor, salt: torch.Tensor, count: int) -> tuple:
-        seeds = aug.sample_seeds(self.data.seed, self.epoch, index, salt)
+        seeds = sample_seeds(self.data.seed, self.epoch, index, salt)
         if self.info.modality == "image":
             return aug.image_views(payloads, seeds, self.transform, count)
         x = torch.from_numpy(np.stack(payloads).astype(np.float32, copy=False))
