@@ -51,6 +51,7 @@ from mlcdist.data.batch import PretrainBatch, views_to_device
 from mlcdist.data.info import DatasetInfo, join_url, load_dataset_info
 from mlcdist.data.plan import PlanMode, batches_per_rank, plan_worker
 from mlcdist.data.records import LABELS_MEMBER, decode_labels, decode_vector, read_shard
+from mlcdist.parallel.collectives import world
 from mlcdist.seeds import mix_seed, sample_seeds
 
 log = logging.getLogger("mlcdist.data")
@@ -331,13 +332,9 @@ def make_loader(location: str, data: DataConfig, augment: AugmentConfig, *, mode
     default to the initialised process group (else 0/1). Do not ``accelerate.prepare`` it."""
     if mode not in ("pretrain", "eval"):
         raise ValueError(f"mode {mode!r} must be 'pretrain' or 'eval'")
-    if rank is None or world_size is None:
-        dist = torch.distributed
-        ready = dist.is_available() and dist.is_initialized()
-        if rank is None:
-            rank = dist.get_rank() if ready else 0
-        if world_size is None:
-            world_size = dist.get_world_size() if ready else 1
+    group_rank, group_size = world()
+    rank = group_rank if rank is None else rank
+    world_size = group_size if world_size is None else world_size
     info, shards = resolve(location)
     loader = Loader(ShardStream(info, shards, data, augment, mode, rank, world_size))
     loader.set_epoch(epoch, skip_batches)
