@@ -127,6 +127,9 @@ def verify(location: str | Path, *, decode_images: bool = False) -> VerifyReport
         )
         checks.append(check)
         first_key += check.found
+    if first_key == 0:
+        problems.append("no samples in the shards: an empty data set cannot be trained or "
+                        "evaluated; re-run the converter on a source with samples")
     if first_key != info.num_samples:
         problems.append(f"{first_key} samples in shards, dataset.json says {info.num_samples}")
     if counts.tolist() != list(info.class_counts):
