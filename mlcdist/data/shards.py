@@ -222,6 +222,24 @@ def _finalise(
     return info
 
 
+def _write_all(
+    items: Iterable[tuple[int, EncodedSample | Skipped]],
+    out: Path,
+    state: _State,
+    describe: dict,
+    max_samples: int,
+    max_bytes: int,
+    *,
+    on_shard: ShardHook | None = None,
+    advance: Callable[[], None] = lambda: None,
+    save_progress: bool = False,
+) -> DatasetInfo:
+    """:func:`_write` the shards, then :func:`_finalise` (``describe``: its keyword arguments)."""
+    _write(items, out, state, len(describe["class_names"]), max_samples, max_bytes, on_shard,
+           advance, save_progress)
+    return _finalise(out, state, **describe)
+
+
 def _progress_bar(enabled: bool, total: int | None, done: int, description: str) -> Any:
     from rich.console import Console
     from rich.progress import (
@@ -287,28 +305,12 @@ def write_shards(
     start = state.next_input
     bar, advance = _progress_bar(progress, len(specs), start, f"{name}")
     stream = encoded(specs[start:], encode, workers if modality == "image" else 1)
+    describe = dict(name=name, class_names=list(class_names), modality=modality,
+                    feature_dim=feature_dim, image=image, source=source)
     with bar, closing(stream):
-        _write(
-            enumerate(stream, start),
-            out,
-            state,
-            len(class_names),
-            max_samples_per_shard,
-            max_shard_bytes,
-            on_shard_written,
-            advance,
-            save_progress=True,
-        )
-    return _finalise(
-        out,
-        state,
-        name=name,
-        class_names=list(class_names),
-        modality=modality,
-        feature_dim=feature_dim,
-        image=image,
-        source=source,
-    )
+        return _write_all(enumerate(stream, start), out, state, describe, max_samples_per_shard,
+                          max_shard_bytes, on_shard=on_shard_written, advance=advance,
+                          save_progress=True)
 
 
 def write_dataset(
@@ -329,24 +331,7 @@ def write_dataset(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = _State({}, skipped=[{**s, "input": -1} for s in (skipped or [])])
-    _write(
-        enumerate(samples),
-        out,
-        state,
-        len(class_names),
-        max_samples_per_shard,
-        max_shard_bytes,
-        None,
-        lambda: None,
-        save_progress=False,
-    )
-    return _finalise(
-        out,
-        state,
-        name=name,
-        class_names=list(class_names),
-        modality=modality,
-        feature_dim=feature_dim,
-        image=image,
-        source=source,
-    )
+    describe = dict(name=name, class_names=list(class_names), modality=modality,
+                    feature_dim=feature_dim, image=image, source=source)
+    return _write_all(enumerate(samples), out, state, describe, max_samples_per_shard,
+                      max_shard_bytes)
