@@ -26,11 +26,12 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 from mlcdist.config import AugmentConfig, DataConfig  # noqa: E402
 from mlcdist.data.augment import decode_image, draft_side  # noqa: E402
-from mlcdist.data.pipeline import make_loader, read_shard, resolve  # noqa: E402
+from mlcdist.data.pipeline import make_loader, resolve  # noqa: E402
+from mlcdist.data.records import EncodedSample, read_shard  # noqa: E402
+from mlcdist.data.shards import write_dataset  # noqa: E402
 
 
 def photo_jpeg(rng: np.random.Generator) -> bytes:
@@ -43,12 +44,14 @@ def photo_jpeg(rng: np.random.Generator) -> bytes:
     return buf.getvalue()
 
 
-def make_synthetic(out: Path, count: int, per_shard: int = 250) -> None:
-    from shardgen import write_split
-
+def make_synthetic(out: Path, count: int, per_shard: int = 250, num_classes: int = 20) -> None:
+    """``count`` photos through the real shard writer; sample ``i`` has labels {i, 3i} mod C."""
     rng = np.random.default_rng(0)
-    sizes = [min(per_shard, count - s) for s in range(0, count, per_shard)]
-    write_split(out, sizes, num_classes=20, payloads={i: photo_jpeg(rng) for i in range(count)})
+    samples = (EncodedSample("jpg", photo_jpeg(rng), sorted({i % num_classes, 3 * i % num_classes}),
+                             f"photo-{i}") for i in range(count))
+    write_dataset(samples, out, name="bench-photos", class_names=[f"c{j}" for j in range(num_classes)],
+                  modality="image", image={"shorter_side": 256, "quality": 90},
+                  max_samples_per_shard=per_shard)
 
 
 def decode_only(location: str, limit: int, min_side: int) -> tuple[float, float, int]:

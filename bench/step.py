@@ -46,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mlcdist.config import from_dict  # noqa: E402
 from mlcdist.data.info import load_dataset_info  # noqa: E402
-from mlcdist.data.shards import EncodedSample, write_dataset  # noqa: E402
+from mlcdist.data.records import EncodedSample  # noqa: E402
+from mlcdist.data.shards import write_dataset  # noqa: E402
 from mlcdist.queue import LabelledKeyQueue  # noqa: E402
 from mlcdist.data.batch import DecodedViews  # noqa: E402
 from mlcdist.train.objective import contrastive_loss  # noqa: E402

@@ -30,7 +30,6 @@ num_classes     classes of the training set; ``feature_dim``: vector width (None
 from __future__ import annotations
 
 import errno
-import os
 import random
 import shutil
 import zipfile
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 
 from mlcdist.errors import MlcdistError
+from mlcdist.fileio import atomic_write, rename_into_place, write_text
 
 LATEST = "latest"
 STATE_FILE = "state.pt"
@@ -93,17 +93,15 @@ def staging_dir(root: Path, step: int) -> Path:
 
 
 def save_file(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path`` through a ``.partial`` file; a failed write (full disk, quota,
-    file-size limit) raises a :class:`CheckpointError` naming the file, the cause and the free
-    space, and removes the partial file (the published checkpoints are untouched)."""
-    tmp = path.with_suffix(path.suffix + ".partial")
+    """``torch.save`` through the atomic writer (``fileio.atomic_write``: partial file, fsync,
+    rename); a failed write (full disk, quota, file-size limit) raises a :class:`CheckpointError`
+    naming the file, the cause and the free space (the partial file is removed and the published
+    checkpoints are untouched)."""
     try:
-        with open(tmp, "wb") as stream:  # a Python file: torch's writer keeps the OSError (errno)
+        with atomic_write(path) as stream:  # a Python file: torch's writer keeps the OSError (errno)
             torch.save(obj, stream)
     except (OSError, RuntimeError) as err:
-        tmp.unlink(missing_ok=True)
         raise CheckpointError(write_failure(path, err)) from None
-    os.replace(tmp, path)
 
 
 _FULL = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
@@ -141,10 +139,8 @@ def publish(root: Path, step: int, keep_last: int) -> Path:
     final = root / checkpoint_name(step)
     if final.exists():
         shutil.rmtree(final)
-    os.replace(staging_path(root, step), final)
-    pointer = root / f".{LATEST}.partial"
-    pointer.write_text(final.name + "\n")
-    os.replace(pointer, root / LATEST)
+    rename_into_place(staging_path(root, step), final)
+    write_text(root / LATEST, final.name + "\n")
     complete = sorted(p for p in root.glob("step-*") if p.is_dir())
     for old in complete[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)

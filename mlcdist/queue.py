@@ -42,9 +42,6 @@ class LabelledKeyQueue:
         self.valid = torch.zeros(size, dtype=torch.bool, device=device)
         self.ptr = torch.zeros((), dtype=torch.long, device=device)
 
-    def __len__(self) -> int:
-        return self.size
-
     def candidates(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(keys, labels, valid)`` for the caller to append after the batch's own keys.
 
@@ -80,13 +77,6 @@ class LabelledKeyQueue:
         if self.size == 0:
             return torch.zeros((), device=self.valid.device)
         return self.valid.float().mean()
-
-    def reset_(self) -> None:
-        """Forget everything (e.g. when switching datasets)."""
-        self.keys.zero_()
-        self.labels.zero_()
-        self.valid.zero_()
-        self.ptr.zero_()
 
     def state_dict(self) -> dict[str, Tensor]:
         """CPU copies of the four tensors (tensors only: ``weights_only``-loadable)."""

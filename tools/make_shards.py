@@ -13,14 +13,19 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Optional
 
 from rich.console import Console
 from rich.table import Table
 
+from mlcdist.cli import command
+from mlcdist.data.convert import DEFAULT_MAX_SKIPPED, WriterOptions, convert
+from mlcdist.data.encode import EncodeSettings
 from mlcdist.data.info import DatasetInfo
-from mlcdist.data.shards import EncodeSettings, parse_size, write_shards
+from mlcdist.data.shards import parse_size
+from mlcdist.data.sources import SOURCES, Source
 from mlcdist.data.verify import verify
-from mlcdist.data.sources.common import Listing
+from mlcdist.errors import MlcdistError
 
 console = Console(stderr=True)
 
@@ -62,62 +67,42 @@ def _summary(info: DatasetInfo) -> None:
         console.print(f"  ... and {len(info.skipped) - 20} more (all listed in dataset.json)")
 
 
-def convert(listing: Listing, out: Path, args: argparse.Namespace, name: str) -> DatasetInfo:
-    """The shared tail of every image/vector converter: options -> :func:`write_shards`."""
-    if getattr(args, "drop_unlabelled", False):
-        listing = listing.without_unlabelled()
-    info = write_shards(
-        listing.specs,
-        out,
-        listing.class_names,
-        name=name,
-        modality=listing.modality,
-        source=listing.source,
-        feature_dim=listing.feature_dim,
+def writer_options(args: argparse.Namespace) -> WriterOptions:
+    return WriterOptions(
         encode=EncodeSettings(args.shorter_side or None, args.quality),
         workers=args.workers,
         max_samples_per_shard=args.max_samples_per_shard,
         max_shard_bytes=parse_size(args.shard_size),
+        drop_unlabelled=args.drop_unlabelled,
         resume=not args.no_resume,
         progress=not args.no_progress,
+        max_skipped=args.max_skipped,
     )
-    _summary(info)
-    return info
 
 
 def _default_name(out: Path) -> str:
     return f"{out.parent.name}-{out.name}" if out.parent.name else out.name
 
 
-def _one(list_fn: Callable[[argparse.Namespace], Listing]) -> Callable[[argparse.Namespace], int]:
+def _converter(source: Source) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
-        convert(list_fn(args), out, args, args.name or _default_name(out))
+        convert(source.listing(args), out, writer_options(args), args.name or _default_name(out),
+                report=_summary)
         return 0
 
     return run
 
 
-def _listing(module: str, fn: str, **kwargs: str) -> Callable[[argparse.Namespace], Listing]:
-    """Lazy reader call: ``module.fn(**{param: args.<attr>})`` (keeps start-up fast)."""
-
-    def make(args: argparse.Namespace) -> Listing:
-        import importlib
-
-        reader = getattr(importlib.import_module(f"mlcdist.data.sources.{module}"), fn)
-        return reader(**{param: getattr(args, attr) for param, attr in kwargs.items()})
-
-    return make
-
-
 def cmd_digits(args: argparse.Namespace) -> int:
     from mlcdist.data.sources.digits import list_digits
 
+    args.shorter_side = args.size  # synthetic mosaics are already at their final size
     for split, count in (("train", args.train), ("test", args.test)):
         listing = list_digits(split, count, size=args.size, seed=args.seed, tile_prob=args.tile_prob,
                               vectors=args.vectors)
-        args.shorter_side = args.size  # synthetic mosaics are already at their final size
-        convert(listing, Path(args.out) / split, args, f"digits-{split}")
+        convert(listing, Path(args.out) / split, writer_options(args), f"digits-{split}",
+                report=_summary)
     return 0
 
 
@@ -171,6 +156,14 @@ def _common(
     )
     g.add_argument("--max-samples-per-shard", type=int, default=10_000, help="default 10000")
     g.add_argument(
+        "--max-skipped",
+        type=float,
+        default=DEFAULT_MAX_SKIPPED,
+        metavar="FRACTION",
+        help="fail when more than this fraction of the listed samples is skipped (missing or "
+        f"corrupt images, non-finite vectors; default {DEFAULT_MAX_SKIPPED:g})",
+    )
+    g.add_argument(
         "--drop-unlabelled", action="store_true", help="leave out samples with an empty label set"
     )
     g.add_argument(
@@ -182,163 +175,29 @@ def _common(
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="python -m tools.make_shards",
+        prog=CMD,
         description=__doc__,
         formatter_class=fmt,
         epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()),
     )
     sub = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
 
-    def add(
-        name: str, help_text: str, doc_module: str | None, run: Callable
-    ) -> argparse.ArgumentParser:
-        description = help_text
-        if doc_module:
-            import importlib
-
-            description += "\n\n" + (
-                importlib.import_module(f"mlcdist.data.sources.{doc_module}").__doc__ or ""
-            )
-        p = sub.add_parser(
-            name,
-            help=help_text,
-            description=description,
-            formatter_class=fmt,
-            epilog="example:\n  " + EXAMPLES[name],
-        )
+    def add(name: str, help_text: str, description: str, run: Callable) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=description, formatter_class=fmt,
+                           epilog="example:\n  " + EXAMPLES[name])
         p.set_defaults(run=run)
         return p
 
-    p = add(
-        "coco",
-        "COCO-format JSON (MS-COCO, Objects365)",
-        "coco",
-        _one(_listing("coco", "list_coco", images="images", annotations="annotations")),
-    )
-    p.add_argument(
-        "--images", required=True, help="folder that the JSON's file_name entries are relative to"
-    )
-    p.add_argument("--annotations", required=True, help="instances_*.json (COCO format)")
-    _common(p)
+    for name, source in SOURCES.items():
+        p = add(name, source.help, source.help + "\n\n" + source.doc(), _converter(source))
+        for option in source.options:
+            option.add_to(p)
+        _common(p)
 
-    p = add(
-        "voc",
-        "PASCAL VOC 2007/2012",
-        "voc",
-        _one(_listing("voc", "list_voc", root="root", split="split", difficult="difficult")),
-    )
-    p.add_argument("--root", required=True, help="e.g. VOCdevkit/VOC2007")
-    p.add_argument(
-        "--split", default="trainval", help="ImageSets/Main/SPLIT.txt (default trainval)"
-    )
-    p.add_argument(
-        "--difficult",
-        choices=["ignore", "positive"],
-        default="ignore",
-        help="a class seen only in difficult objects: ignore (default) or count as positive",
-    )
-    _common(p)
+    from mlcdist.data.sources import digits
 
-    p = add(
-        "nuswide",
-        "NUS-WIDE (81 concepts)",
-        "nuswide",
-        _one(
-            _listing(
-                "nuswide",
-                "list_nuswide",
-                images="images",
-                image_list="image_list",
-                labels_dir="labels_dir",
-                concepts="concepts",
-                split="split",
-            )
-        ),
-    )
-    p.add_argument(
-        "--images", required=True, help="the Flickr folder (image list paths are relative to it)"
-    )
-    p.add_argument(
-        "--image-list", required=True, help="ImageList/TrainImagelist.txt or TestImagelist.txt"
-    )
-    p.add_argument(
-        "--labels-dir", required=True, help="folder of Labels_<concept>_{Train,Test}.txt"
-    )
-    p.add_argument("--concepts", required=True, help="Concepts81.txt (class order)")
-    p.add_argument(
-        "--split",
-        choices=["Train", "Test"],
-        default="Train",
-        help="label file suffix (default Train)",
-    )
-    _common(p)
-
-    p = add(
-        "mirflickr",
-        "MIRFLICKR-25k (24 concepts)",
-        "mirflickr",
-        _one(
-            _listing(
-                "mirflickr",
-                "list_mirflickr",
-                images="images",
-                annotations="annotations",
-                split_file="split_file",
-                include_r1="include_r1",
-            )
-        ),
-    )
-    p.add_argument("--images", required=True, help="folder of im1.jpg .. imN.jpg")
-    p.add_argument("--annotations", required=True, help="folder of <concept>.txt files")
-    p.add_argument(
-        "--split-file", default=None, help="image numbers to convert, one per line (default: all)"
-    )
-    p.add_argument(
-        "--include-r1", action="store_true", help="also use the <concept>_r1.txt files as classes"
-    )
-    _common(p)
-
-    p = add(
-        "manifest",
-        "generic CSV (path,labels) or JSONL manifest",
-        "manifest",
-        _one(
-            _listing(
-                "manifest", "list_manifest", manifest="manifest", classes="classes", root="root"
-            )
-        ),
-    )
-    p.add_argument("--manifest", required=True, help="a .csv or .jsonl file")
-    p.add_argument(
-        "--classes",
-        default=None,
-        help="class names, one per line (default: sorted union of labels)",
-    )
-    p.add_argument(
-        "--root", default=None, help="folder relative paths start from (default: the manifest's)"
-    )
-    _common(p)
-
-    p = add(
-        "arff",
-        "Mulan ARFF (dense or sparse) to vector shards",
-        "arff",
-        _one(_listing("arff", "list_arff", arff="arff", xml="xml",
-                      standardize_with="standardize_with")),
-    )
-    p.add_argument("--arff", required=True, help="NAME-train.arff or NAME-test.arff")
-    p.add_argument("--xml", required=True, help="NAME.xml listing the label attributes")
-    p.add_argument(
-        "--standardize-with",
-        default=None,
-        metavar="TRAIN.arff",
-        help="standardise every feature with the mean/std of this TRAIN split (std 0 -> 1; "
-        "recorded in dataset.json as source.standardize); pass the same train file for the "
-        "train and the test split, as the MulSupCon authors' StandardScaler does",
-    )
-    _common(p)
-
-    p = add("digits", "built-in demo: 2x2 mosaics of scikit-learn digits", "digits", cmd_digits)
+    help_text = "built-in demo: 2x2 mosaics of scikit-learn digits"
+    p = add("digits", help_text, help_text + "\n\n" + (digits.__doc__ or ""), cmd_digits)
     p.add_argument("--train", type=int, default=2000, help="train mosaics (default 2000)")
     p.add_argument("--test", type=int, default=500, help="test mosaics (default 500)")
     p.add_argument(
@@ -354,19 +213,23 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, out_help="writes OUT/train and OUT/test")
     p.set_defaults(max_samples_per_shard=500)
 
-    p = add("verify", "re-read shards and check them against dataset.json", None, cmd_verify)
+    help_text = "re-read shards and check them against dataset.json"
+    p = add("verify", help_text, help_text, cmd_verify)
     p.add_argument("location", help="shard folder holding dataset.json")
     p.add_argument("--decode", action="store_true", help="also decode every JPEG (slower)")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+@command
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run one sub-command; user errors print as one ``error:`` line (``mlcdist.cli``)."""
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as err:  # AnnotationError is a ValueError
-        console.print(f"[red]error:[/] {err}")
-        return 2
+    except MlcdistError:
+        raise
+    except ValueError as err:  # the readers' and writer's remaining ValueErrors are input problems
+        raise MlcdistError(str(err)) from None
 
 
 if __name__ == "__main__":

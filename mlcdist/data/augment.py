@@ -8,8 +8,9 @@ than PIL (see ``bench/loader.py``), but the v2 colour kernels on uint8 tensors a
 5.0 vs 2.2 ms per view), so PIL end to end won (98 vs 88 two-view img/s). Vectors get independent random masks
 that zero ``round(mask_ratio * D)`` entries per view.
 
-Randomness is a pure function of ``(seed, epoch, sample index, salt)`` (``sample_seeds``), so a
-resumed run or a different worker count sees identical views of the same sample.
+Randomness is a pure function of ``(seed, epoch, sample index, salt)``
+(``mlcdist.seeds.sample_seeds``), so a resumed run or a different worker count sees identical
+views of the same sample.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 from mlcdist.config import AugmentConfig
+from mlcdist.seeds import GOLDEN, splitmix64
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -69,38 +71,10 @@ def decode_image(data: bytes, min_side: int) -> Image.Image:
     return image.convert("RGB")  # forces the full decode, so truncation raises here
 
 
-# --- counter-based randomness (vectorised splitmix64 on int64; overflow wraps) --------------------
-
-def _signed(c: int) -> int:
-    return c - (1 << 64) if c >= 1 << 63 else c
-
-
-_GOLDEN, _M1, _M2 = _signed(0x9E3779B97F4A7C15), _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
-
-
-def _shr(z: Tensor, s: int) -> Tensor:
-    return (z >> s) & ((1 << (64 - s)) - 1)  # logical shift on int64
-
-
-def splitmix64(x: Tensor) -> Tensor:
-    """Steele et al.'s splitmix64 finaliser applied elementwise (int64 in, int64 out)."""
-    z = x + _GOLDEN
-    z = (z ^ _shr(z, 30)) * _M1
-    z = (z ^ _shr(z, 27)) * _M2
-    return z ^ _shr(z, 31)
-
-
-def sample_seeds(seed: int, epoch: int, index: Tensor, salt: Tensor | int = 0) -> Tensor:
-    """``h(h(h(seed) ^ epoch) ^ index) ^ salt`` hashed once more, as non-negative int64 seeds."""
-    base = splitmix64(splitmix64(torch.tensor([seed], dtype=torch.int64)) ^ epoch)
-    z = splitmix64(splitmix64(base ^ index.to(torch.int64)) ^ torch.as_tensor(salt, dtype=torch.int64))
-    return z & ((1 << 63) - 1)
-
-
 def random_keep_mask(seeds: Tensor, dim: int, ratio: float) -> Tensor:
     """``B x D`` bool, False at exactly ``m = round(ratio * D)`` entries per row: the ``m``
     smallest of ``splitmix64(seed_b + (j+1) * golden)`` over ``j`` (a seeded random subset)."""
-    keys = seeds[:, None] + torch.arange(1, dim + 1, dtype=torch.int64)[None, :] * _GOLDEN
+    keys = seeds[:, None] + torch.arange(1, dim + 1, dtype=torch.int64)[None, :] * GOLDEN
     drop = splitmix64(keys).argsort(dim=1)[:, : round(ratio * dim)]
     return torch.ones(seeds.shape[0], dim, dtype=torch.bool).scatter_(1, drop, False)
 

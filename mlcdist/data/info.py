@@ -15,8 +15,13 @@ FORMAT = "mlcdist-shards/1"
 INDEX_NAME = "dataset.json"
 # A shard name is one plain file name: no folder, no scheme (``pipe:``), no shell metacharacters,
 # because it is appended to the data location and a ``pipe:`` location runs it through a shell.
-# The converter writes ``shard-NNNNNN.tar`` (``shards.SHARD_PATTERN``), which this admits.
+# The converter writes ``shard-NNNNNN.tar`` (:data:`SHARD_PATTERN`), which this admits.
 SAFE_SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,200}\.tar")
+# The converter's shard names, and its files including unfinished ones (the atomic writer's
+# ``.NAME.partial``, or ``NAME.tmp`` of older versions) left by a killed run: what it may delete
+# as stale and what ``verify`` reports when ``dataset.json`` does not list it.
+SHARD_NAME = re.compile(r"shard-\d{6}\.tar")
+SHARD_PATTERN = re.compile(r"shard-\d{6}\.tar(\.tmp)?|\.shard-\d{6}\.tar\.partial")
 
 
 class DatasetError(MlcdistError):

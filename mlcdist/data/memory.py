@@ -20,6 +20,7 @@ from torch import Tensor
 from mlcdist.data import augment
 from mlcdist.data.batch import DecodedViews, EvalBatch, PretrainBatch
 from mlcdist.errors import MlcdistError
+from mlcdist.seeds import epoch_seed, sample_seeds
 
 
 def _nothing() -> None:
@@ -30,10 +31,10 @@ class TensorPretrainLoader(DecodedViews):
     """Two masked views per row, the trainer's loader protocol (``set_epoch``, ``len``,
     iteration yielding ``{"views", "labels"}``, ``to_device`` from :class:`DecodedViews`).
 
-    Epoch ``e`` is the permutation drawn from ``torch.Generator().manual_seed(seed * 1_000_003
-    + e)``, cut to ``len(self) = N // batch_size`` full batches (the last partial batch is
+    Epoch ``e`` is the permutation drawn from ``torch.Generator().manual_seed(epoch_seed(seed,
+    e))`` (``mlcdist/seeds.py``), cut to ``len(self) = N // batch_size`` full batches (the last partial batch is
     dropped, as the shard pipeline does). The views of row ``i`` are seeded by
-    ``augment.sample_seeds(seed, e, i)``, so a run is reproducible and a resumed epoch
+    ``seeds.sample_seeds(seed, e, i)``, so a run is reproducible and a resumed epoch
     (``skip_batches``) sees the same batches. ``on_epoch`` is called at the start of every pass
     (progress events)."""
 
@@ -55,11 +56,11 @@ class TensorPretrainLoader(DecodedViews):
     def __iter__(self) -> Iterator[PretrainBatch]:
         self.on_epoch()
         order = torch.randperm(len(self.x), generator=torch.Generator().manual_seed(
-            self.seed * 1_000_003 + self.epoch))
+            epoch_seed(self.seed, self.epoch)))
         rows = order[: len(self) * self.batch_size]
         # The whole epoch's masks in one vectorised call (per-sample seeds: the same views as
         # batch by batch, at a fraction of the per-call overhead).
-        seeds = augment.sample_seeds(self.seed, self.epoch, rows)
+        seeds = sample_seeds(self.seed, self.epoch, rows)
         first, second = augment.vector_views(self.x[rows], seeds, self.mask_ratio)
         labels = self.y[rows]
         for b in range(self.skip, len(self)):

@@ -35,8 +35,6 @@ The loader is already split by rank and worker and batched: do NOT pass it to
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Optional
@@ -45,14 +43,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.shardlists import expand_urls
-from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
 from mlcdist.config import AugmentConfig, DataConfig
 from mlcdist.data import augment as aug
 from mlcdist.data import gpu_augment
 from mlcdist.data.batch import PretrainBatch, views_to_device
 from mlcdist.data.info import DatasetError, DatasetInfo, join_url, load_dataset_info
-from mlcdist.data.plan import PlanMode, batches_per_rank, mix_seed, plan_worker
+from mlcdist.data.plan import PlanMode, batches_per_rank, plan_worker
+from mlcdist.data.records import LABELS_MEMBER, decode_labels, decode_vector, read_shard
+from mlcdist.parallel.collectives import world
+from mlcdist.seeds import mix_seed, sample_seeds
 
 log = logging.getLogger("mlcdist.data")
 Mode = Literal["pretrain", "eval"]
@@ -90,26 +90,6 @@ def resolve(location: str) -> tuple[DatasetInfo, ShardSet]:
                       tuple(info.shards[i].num_samples for i in picked), tuple(starts[i] for i in picked))
     subset = [info.shards[i] for i in picked]
     return dataclasses.replace(info, shards=subset, num_samples=sum(shards.sizes)), shards
-
-
-def read_shard(url: str, start: int, stop: int) -> Iterator[tuple[int, Optional[dict]]]:
-    """Yield exactly ``(pos, raw sample)`` for ``pos`` in ``[start, stop)`` of one tar shard, raw
-    bytes undecoded; positions the shard cannot deliver (unreadable, too short) come as ``None``."""
-    pos = 0
-    try:
-        for sample in group_by_keys(tar_file_expander(url_opener([{"url": url}]))):
-            if pos >= stop:
-                break
-            if pos >= start:
-                yield pos, sample
-            pos += 1
-        if pos < stop:
-            log.warning("%s: has %d samples, dataset.json promises at least %d; re-run the converter",
-                        url, pos, stop)
-    except Exception as err:  # a broken shard must not hang the other ranks: its rest becomes holes
-        log.warning("%s: unreadable after sample %d (%s); its remaining samples are skipped", url, pos, err)
-    for missing in range(max(pos, start), stop):
-        yield missing, None
 
 
 def buffer_shuffle(items: Iterator, size: int, rng: np.random.Generator) -> Iterator:
@@ -219,16 +199,13 @@ class ShardStream(IterableDataset):
         if sample is None:
             return None
         try:
-            labels = json.loads(sample["labels.json"])
-            if not isinstance(labels, list) or any(
-                    not isinstance(j, int) or not 0 <= j < self.info.num_classes for j in labels):
-                raise ValueError(f"labels {labels} are not class indices in 0..{self.info.num_classes - 1}")
+            labels = decode_labels(sample[LABELS_MEMBER], self.info.num_classes)
             if self.raw_jpeg:
                 payload = gpu_augment.jpeg_payload(sample["jpg"])
             elif self.info.modality == "image":
                 payload = aug.decode_image(sample["jpg"], aug.draft_side(self.augment, self.mode == "pretrain"))
             else:
-                payload = np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
+                payload = decode_vector(sample["npy"])
                 if payload.shape != (self.info.feature_dim,):
                     raise ValueError(f"vector shape {payload.shape}, dataset.json says ({self.info.feature_dim},)")
                 if not np.isfinite(payload).all():  # would turn the whole batch's loss into NaN
@@ -243,7 +220,7 @@ class ShardStream(IterableDataset):
             return None
 
     def _views(self, payloads: list, index: torch.Tensor, salt: torch.Tensor, count: int) -> tuple:
-        seeds = aug.sample_seeds(self.data.seed, self.epoch, index, salt)
+        seeds = sample_seeds(self.data.seed, self.epoch, index, salt)
         if self.info.modality == "image":
             return aug.image_views(payloads, seeds, self.transform, count)
         x = torch.from_numpy(np.stack(payloads).astype(np.float32, copy=False))
@@ -358,13 +335,9 @@ def make_loader(location: str, data: DataConfig, augment: AugmentConfig, *, mode
     default to the initialised process group (else 0/1). Do not ``accelerate.prepare`` it."""
     if mode not in ("pretrain", "eval"):
         raise ValueError(f"mode {mode!r} must be 'pretrain' or 'eval'")
-    if rank is None or world_size is None:
-        dist = torch.distributed
-        ready = dist.is_available() and dist.is_initialized()
-        if rank is None:
-            rank = dist.get_rank() if ready else 0
-        if world_size is None:
-            world_size = dist.get_world_size() if ready else 1
+    group_rank, group_size = world()
+    rank = group_rank if rank is None else rank
+    world_size = group_size if world_size is None else world_size
     info, shards = resolve(location)
     loader = Loader(ShardStream(info, shards, data, augment, mode, rank, world_size))
     loader.set_epoch(epoch, skip_batches)

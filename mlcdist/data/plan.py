@@ -31,6 +31,8 @@ from typing import Literal, Sequence
 
 import numpy as np
 
+from mlcdist.seeds import mix_seed
+
 PlanMode = Literal["train", "eval", "resampled"]
 
 
@@ -57,12 +59,6 @@ class WorkerPlan:
     skip: int
     segments: tuple[Segment, ...]
     padding: int
-
-
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from integer parts (NumPy SeedSequence hashing; order matters)."""
-    state = np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1]))
 
 
 def batches_per_rank(num_samples: int, world_size: int, batch_size: int, mode: PlanMode) -> int:

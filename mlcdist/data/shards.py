@@ -1,8 +1,9 @@
 """The one shard writer: deterministic WebDataset tars plus ``dataset.json`` (see shards/README.md).
 
-Sources list lightweight :class:`SampleSpec`\\ s (an image path, raw pixels or a vector, plus
-label indices); :func:`write_shards` decodes and resizes them in worker processes, keeps their
-order, and cuts the stream into ``shard-NNNNNN.tar`` files. A shard is closed before sample
+Sources list lightweight :class:`~mlcdist.data.encode.SampleSpec`\\ s (an image path, raw pixels
+or a vector, plus label indices); :func:`write_shards` encodes them in worker processes
+(``encode.py``), keeps their order, and cuts the stream of records (``records.py``) into
+``shard-NNNNNN.tar`` files. A shard is closed before sample
 ``k`` would push it past ``max_samples_per_shard`` samples or ``max_shard_bytes`` bytes:
 
     close  iff  count >= max_samples  or  bytes + tar_size(k) > max_bytes   (and count > 0)
@@ -19,74 +20,24 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import tarfile
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
 
-from mlcdist.data.info import INDEX_NAME, DatasetInfo, ShardEntry
+from mlcdist.data.encode import EncodeSettings, SampleSpec, encoded
+from mlcdist.data.info import INDEX_NAME, SHARD_NAME, SHARD_PATTERN, DatasetInfo, ShardEntry
+from mlcdist.data.records import EncodedSample, Skipped, record_members, sha256_file, tar_bytes
+from mlcdist.fileio import AtomicFile, write_text
 
 PROGRESS_NAME = "make_shards.progress.json"
-SHARD_PATTERN = re.compile(r"shard-\d{6}\.tar(\.tmp)?")
 DEFAULT_MAX_SAMPLES = 10_000
 DEFAULT_MAX_BYTES = 256 * 10**6
-
-
-@dataclass
-class SampleSpec:
-    """What a source knows about one sample before decoding: exactly one of ``path`` (an image
-    file), ``pixels`` (an ``H x W`` or ``H x W x 3`` uint8 array) or ``vector`` (1-D features)."""
-
-    source: str
-    labels: tuple[int, ...]
-    path: str | None = None
-    pixels: np.ndarray | None = None
-    vector: np.ndarray | None = None
-    meta: dict | None = None
-
-
-@dataclass
-class EncodedSample:
-    """One sample ready to write: payload bytes under ``ext`` (``jpg`` or ``npy``)."""
-
-    ext: str
-    payload: bytes
-    labels: list[int]
-    source: str
-    meta: dict | None = None
-
-
-@dataclass
-class Skipped:
-    """An input left out (missing or corrupt image); listed in ``dataset.json``."""
-
-    source: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class EncodeSettings:
-    """Image encoding done once at conversion: shorter side scaled down to ``shorter_side``
-    (never up; ``None`` keeps the size) and saved as baseline JPEG of ``quality``."""
-
-    shorter_side: int | None = 256
-    quality: int = 90
-
-    def __post_init__(self) -> None:
-        if self.shorter_side is not None and self.shorter_side < 1:
-            raise ValueError(f"shorter_side={self.shorter_side}: use a positive size or None")
-        if not 1 <= self.quality <= 100:
-            raise ValueError(f"quality={self.quality}: JPEG quality must be in 1..100")
 
 
 def parse_size(text: str) -> int:
@@ -109,127 +60,12 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * units[match.group(2).lower()])
 
 
-def npy_bytes(vector: np.ndarray) -> bytes:
-    """A 1-D float32 ``.npy`` payload (no pickle)."""
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(np.ravel(vector), dtype=np.float32), allow_pickle=False)
-    return buf.getvalue()
-
-
-def _scaled_size(size: tuple[int, int], shorter_side: int | None) -> tuple[int, int]:
-    """``(w, h) * s / min(w, h)`` rounded, only when that shrinks the image."""
-    w, h = size
-    if not shorter_side or min(w, h) <= shorter_side:
-        return w, h
-    scale = shorter_side / min(w, h)
-    return max(1, round(w * scale)), max(1, round(h * scale))
-
-
-def jpeg_bytes(image: Image.Image, settings: EncodeSettings) -> bytes:
-    """Resize (down only, bicubic) and save as JPEG with fixed parameters (no EXIF/ICC kept)."""
-    image = image.convert("RGB")
-    target = _scaled_size(image.size, settings.shorter_side)
-    if target != image.size:
-        image = image.resize(target, Image.Resampling.BICUBIC)
-    buf = io.BytesIO()
-    image.save(
-        buf, "JPEG", quality=settings.quality, subsampling=2, optimize=False, progressive=False
-    )
-    return buf.getvalue()
-
-
-def _open_image(path: str, settings: EncodeSettings) -> Image.Image:
-    with Image.open(path) as image:
-        # JPEG DCT scaling decodes large photos at 1/2..1/8 of the cost; still >= the target size.
-        image.draft("RGB", _scaled_size(image.size, settings.shorter_side))
-        return ImageOps.exif_transpose(image).convert("RGB")
-
-
-def encode_spec(spec: SampleSpec, settings: EncodeSettings) -> EncodedSample | Skipped:
-    """Decode, resize and encode one sample (runs in worker processes)."""
-    labels = sorted(set(int(j) for j in spec.labels))
-    if spec.vector is not None:
-        with np.errstate(over="ignore"):  # beyond float32 range becomes inf, reported below
-            vector = np.asarray(spec.vector).astype(np.float32)
-        bad = int(np.count_nonzero(~np.isfinite(vector)))
-        if bad:  # NaN/inf: never trainable, left out (and listed) like a corrupt image
-            return Skipped(spec.source, f"non-finite vector: {bad} NaN/inf values (float32)")
-        return EncodedSample("npy", npy_bytes(vector), labels, spec.source, spec.meta)
-    try:
-        image = (
-            Image.fromarray(spec.pixels)
-            if spec.pixels is not None
-            else _open_image(spec.path, settings)
-        )
-        return EncodedSample("jpg", jpeg_bytes(image, settings), labels, spec.source, spec.meta)
-    except FileNotFoundError:
-        return Skipped(spec.source, f"missing image: {spec.path}")
-    except Exception as err:  # any decoder failure means an unreadable file: skip it, never die
-        return Skipped(spec.source, f"corrupt image: {type(err).__name__}: {err}")
-
-
-def _encoded(specs: Sequence[SampleSpec], settings: EncodeSettings, workers: int) -> Iterator:
-    """Encoded samples in input order; a bounded window of chunked maps keeps memory flat."""
-    fn = partial(encode_spec, settings=settings)
-    if workers <= 1 or len(specs) < 4 * workers:
-        yield from map(fn, specs)
-        return
-    chunk = max(1, min(64, len(specs) // (8 * workers)))
-    window = chunk * workers * 8
-    pool = ProcessPoolExecutor(workers)
-    try:
-        pending: deque = deque()
-        for lo in range(0, len(specs), window):
-            pending.append(pool.map(fn, specs[lo : lo + window], chunksize=chunk))
-            if len(pending) > 2:
-                yield from pending.popleft()
-        while pending:
-            yield from pending.popleft()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _tar_bytes(size: int) -> int:
-    return 512 + -(-size // 512) * 512  # header block + data padded to 512
-
-
-def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
-    info.uname = info.gname = ""
-    return info, data
-
-
-def _members(key: int, sample: EncodedSample) -> list[tuple[tarfile.TarInfo, bytes]]:
-    stem = f"{key:09d}"
-    meta = {**(sample.meta or {}), "source": sample.source}
-    return [
-        _member(f"{stem}.{sample.ext}", sample.payload),
-        _member(f"{stem}.labels.json", json.dumps(sample.labels).encode()),
-        _member(f"{stem}.meta.json", json.dumps(meta, sort_keys=True).encode()),
-    ]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class _Shard:
-    """One tar being written under a temporary name; renamed into place when complete."""
+    """One tar being written as ``.NAME.partial``; put into place by the atomic writer when complete."""
 
     def __init__(self, path: Path, num_classes: int):
-        self.path, self.tmp = path, path.with_name(path.name + ".tmp")
-        self.tar = tarfile.open(self.tmp, "w", format=tarfile.USTAR_FORMAT)
+        self.path, self.file = path, AtomicFile(path)
+        self.tar = tarfile.open(fileobj=self.file.handle, mode="w", format=tarfile.USTAR_FORMAT)
         self.count, self.bytes, self.labels = 0, 0, []
         self.num_classes = num_classes
 
@@ -237,12 +73,12 @@ class _Shard:
         for info, data in members:
             self.tar.addfile(info, io.BytesIO(data))
         self.count += 1
-        self.bytes += sum(_tar_bytes(info.size) for info, _ in members)
+        self.bytes += sum(tar_bytes(info.size) for info, _ in members)
         self.labels.extend(labels)
 
     def close(self) -> dict:
-        self.tar.close()
-        os.replace(self.tmp, self.path)
+        self.tar.close()  # writes the end blocks; the file itself stays open for the commit
+        self.file.commit()
         counts = np.bincount(np.asarray(self.labels, dtype=np.int64), minlength=self.num_classes)
         return {
             "file": self.path.name,
@@ -273,7 +109,7 @@ def _load_state(out: Path, settings: dict) -> _State:
         return _State(settings)
     kept: list[dict] = []
     for shard in saved["shards"]:
-        if not SHARD_PATTERN.fullmatch(str(shard.get("file"))) or shard["file"].endswith(".tmp"):
+        if not SHARD_NAME.fullmatch(str(shard.get("file"))):
             break  # only names this writer produces; anything else restarts from there
         shard_path = out / shard["file"]
         if not shard_path.exists() or sha256_file(shard_path) != shard["sha256"]:
@@ -319,7 +155,7 @@ def _write(
         state.shards.append(entry)
         state.next_input = end_input
         if save_progress:
-            _atomic_write_text(out / PROGRESS_NAME, json.dumps(asdict(state)))
+            write_text(out / PROGRESS_NAME, json.dumps(asdict(state)))
         if on_shard is not None:
             on_shard(ShardEntry(entry["file"], entry["num_samples"], entry["sha256"]))
 
@@ -333,8 +169,8 @@ def _write(
         bad = [j for j in sample.labels if not 0 <= j < num_classes]
         if bad:
             raise ValueError(f"{sample.source}: label index {bad[0]} outside 0..{num_classes - 1}")
-        members = _members(key, sample)
-        size = sum(_tar_bytes(info.size) for info, _ in members)
+        members = record_members(key, sample)
+        size = sum(tar_bytes(info.size) for info, _ in members)
         if shard is not None and (shard.count >= max_samples or shard.bytes + size > max_bytes):
             finish(index)
             shard = None
@@ -377,13 +213,31 @@ def _finalise(
         source=source or {},
         root=str(out),
     )
-    _atomic_write_text(out / INDEX_NAME, info.to_json())
+    write_text(out / INDEX_NAME, info.to_json())
     keep = {s.file for s in info.shards}
     for path in out.iterdir():
         if SHARD_PATTERN.fullmatch(path.name) and path.name not in keep:
             path.unlink()  # left by an earlier run with more shards; a glob would pick it up
     (out / PROGRESS_NAME).unlink(missing_ok=True)
     return info
+
+
+def _write_all(
+    items: Iterable[tuple[int, EncodedSample | Skipped]],
+    out: Path,
+    state: _State,
+    describe: dict,
+    max_samples: int,
+    max_bytes: int,
+    *,
+    on_shard: ShardHook | None = None,
+    advance: Callable[[], None] = lambda: None,
+    save_progress: bool = False,
+) -> DatasetInfo:
+    """:func:`_write` the shards, then :func:`_finalise` (``describe``: its keyword arguments)."""
+    _write(items, out, state, len(describe["class_names"]), max_samples, max_bytes, on_shard,
+           advance, save_progress)
+    return _finalise(out, state, **describe)
 
 
 def _progress_bar(enabled: bool, total: int | None, done: int, description: str) -> Any:
@@ -450,29 +304,13 @@ def write_shards(
     state = _load_state(out, settings) if resume else _State(settings)
     start = state.next_input
     bar, advance = _progress_bar(progress, len(specs), start, f"{name}")
-    stream = _encoded(specs[start:], encode, workers if modality == "image" else 1)
+    stream = encoded(specs[start:], encode, workers if modality == "image" else 1)
+    describe = dict(name=name, class_names=list(class_names), modality=modality,
+                    feature_dim=feature_dim, image=image, source=source)
     with bar, closing(stream):
-        _write(
-            enumerate(stream, start),
-            out,
-            state,
-            len(class_names),
-            max_samples_per_shard,
-            max_shard_bytes,
-            on_shard_written,
-            advance,
-            save_progress=True,
-        )
-    return _finalise(
-        out,
-        state,
-        name=name,
-        class_names=list(class_names),
-        modality=modality,
-        feature_dim=feature_dim,
-        image=image,
-        source=source,
-    )
+        return _write_all(enumerate(stream, start), out, state, describe, max_samples_per_shard,
+                          max_shard_bytes, on_shard=on_shard_written, advance=advance,
+                          save_progress=True)
 
 
 def write_dataset(
@@ -493,24 +331,7 @@ def write_dataset(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = _State({}, skipped=[{**s, "input": -1} for s in (skipped or [])])
-    _write(
-        enumerate(samples),
-        out,
-        state,
-        len(class_names),
-        max_samples_per_shard,
-        max_shard_bytes,
-        None,
-        lambda: None,
-        save_progress=False,
-    )
-    return _finalise(
-        out,
-        state,
-        name=name,
-        class_names=list(class_names),
-        modality=modality,
-        feature_dim=feature_dim,
-        image=image,
-        source=source,
-    )
+    describe = dict(name=name, class_names=list(class_names), modality=modality,
+                    feature_dim=feature_dim, image=image, source=source)
+    return _write_all(enumerate(samples), out, state, describe, max_samples_per_shard,
+                      max_shard_bytes)

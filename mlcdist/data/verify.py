@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mlcdist.data.info import DatasetInfo, ShardEntry, load_dataset_info
-from mlcdist.data.shards import SHARD_PATTERN, sha256_file
+from mlcdist.data.info import SHARD_PATTERN, DatasetInfo, ShardEntry, load_dataset_info
+from mlcdist.data.records import (LABELS_MEMBER, META_MEMBER, decode_labels, decode_vector, read_tar,
+                                  sample_key, sha256_file)
 
 
 @dataclass
@@ -38,31 +39,25 @@ class VerifyReport:
 
 def _sample_labels(key: str, parts: dict[str, bytes], info: DatasetInfo) -> list[int]:
     """The sample's label list; raises ValueError when it is missing or not valid class indices."""
-    if "labels.json" not in parts:
-        raise ValueError(f"{key}: no labels.json member")
-    labels = json.loads(parts["labels.json"])
-    if (
-        not isinstance(labels, list)
-        or labels != sorted(set(labels))
-        or any(not isinstance(j, int) or not 0 <= j < info.num_classes for j in labels)
-    ):
-        raise ValueError(
-            f"{key}: labels {labels} are not sorted distinct indices in 0..{info.num_classes - 1}"
-        )
-    return labels
+    if LABELS_MEMBER not in parts:
+        raise ValueError(f"{key}: no {LABELS_MEMBER} member")
+    try:
+        return decode_labels(parts[LABELS_MEMBER], info.num_classes, canonical=True)
+    except ValueError as err:
+        raise ValueError(f"{key}: {err}") from None
 
 
 def _check_payload(key: str, parts: dict[str, bytes], info: DatasetInfo, decode: bool) -> None:
     """Members, meta and the image/vector payload of one sample; raises ValueError naming the problem."""
     data_ext = "jpg" if info.modality == "image" else "npy"
-    if set(parts) != {data_ext, "labels.json", "meta.json"}:
+    if set(parts) != {data_ext, LABELS_MEMBER, META_MEMBER}:
         raise ValueError(
-            f"{key}: members {sorted(parts)}, expected {data_ext}, labels.json, meta.json"
+            f"{key}: members {sorted(parts)}, expected {data_ext}, {LABELS_MEMBER}, {META_MEMBER}"
         )
-    if not isinstance(json.loads(parts["meta.json"]), dict):
+    if not isinstance(json.loads(parts[META_MEMBER]), dict):
         raise ValueError(f"{key}: meta.json is not a JSON object")
     if data_ext == "npy":
-        vector = np.load(io.BytesIO(parts["npy"]), allow_pickle=False)
+        vector = decode_vector(parts["npy"])
         if vector.dtype != np.float32 or vector.shape != (info.feature_dim,):
             raise ValueError(
                 f"{key}: npy is {vector.dtype} {vector.shape}, "
@@ -95,19 +90,15 @@ def _check_shard(
     check.sha256_ok = sha256_file(path) == entry.sha256
     if not check.sha256_ok:
         check.problems.append("sha256 differs from dataset.json (shard modified or truncated)")
-    samples: dict[str, dict[str, bytes]] = {}
     try:
-        with tarfile.open(path) as tar:
-            for member in tar:
-                key, _, ext = member.name.partition(".")
-                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+        samples = read_tar(path)
     except (tarfile.TarError, OSError) as err:
         check.problems.append(f"unreadable tar: {err}")
         return check
     check.found = len(samples)
     if check.found != entry.num_samples:
         check.problems.append(f"{check.found} samples, dataset.json says {entry.num_samples}")
-    expected_keys = [f"{k:09d}" for k in range(first_key, first_key + check.found)]
+    expected_keys = [sample_key(k) for k in range(first_key, first_key + check.found)]
     if list(samples) != expected_keys:
         check.problems.append(f"keys are not {expected_keys[:1]}..{expected_keys[-1:]} in order")
     for key, parts in samples.items():
@@ -127,8 +118,6 @@ def _check_shard(
 def verify(location: str | Path, *, decode_images: bool = False) -> VerifyReport:
     """Re-read every shard and compare with ``dataset.json``: sha256, sample counts, keys,
     label ranges, payload types, and the per-class counts / cardinality recomputed from scratch."""
-
-
     info = load_dataset_info(str(location))
     counts = np.zeros(info.num_classes, dtype=np.int64)
     checks, problems, first_key = [], [], 0
@@ -138,6 +127,9 @@ def verify(location: str | Path, *, decode_images: bool = False) -> VerifyReport
         )
         checks.append(check)
         first_key += check.found
+    if first_key == 0:
+        problems.append("no samples in the shards: an empty data set cannot be trained or "
+                        "evaluated; re-run the converter on a source with samples")
     if first_key != info.num_samples:
         problems.append(f"{first_key} samples in shards, dataset.json says {info.num_samples}")
     if counts.tolist() != list(info.class_counts):

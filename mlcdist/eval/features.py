@@ -28,6 +28,8 @@ from torch import Tensor, nn
 
 from mlcdist import checkpoint
 from mlcdist.errors import MlcdistError
+from mlcdist.fileio import atomic_write
+from mlcdist.models.state import load_state_strict
 from mlcdist.parallel import all_gather_rows, all_reduce_sum, world
 from mlcdist.progress import length, track
 
@@ -89,22 +91,12 @@ def load_checkpoint(location: str | Path) -> Checkpoint:
 
 def load_backbone_state(backbone: nn.Module, ckpt: Checkpoint, arch: str) -> None:
     """Strict load; a mismatch names the checkpoint's and the model's architecture and keys."""
-    own = backbone.state_dict()
-    state = ckpt.backbone_state
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(f"{k} (checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)})"
-                    for k in set(own) & set(state) if state[k].shape != own[k].shape)
-    if missing or unexpected or shapes:
-        def show(keys: list[str]) -> str:
-            return ", ".join(keys[:4]) + (f" ... (+{len(keys) - 4} more)" if len(keys) > 4 else "")
-
-        parts = [f"{label}: {show(keys)}" for label, keys in
-                 (("missing", missing), ("unexpected", unexpected), ("shape", shapes)) if keys]
-        raise EvalInputError(
+    def error(mismatch: str) -> EvalInputError:
+        return EvalInputError(
             f"{ckpt.path}: holds a {ckpt.arch} backbone that does not fit the {arch} model built "
-            f"for evaluation ({'; '.join(parts)}); do not override model.* for a checkpoint")
-    backbone.load_state_dict(state)
+            f"for evaluation ({mismatch}); do not override model.* for a checkpoint")
+
+    load_state_strict(backbone, ckpt.backbone_state, source="checkpoint", error=error)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,9 +194,8 @@ def cache_key(checkpoint: Optional[Path], split_location: str, settings: dict) -
 def save_features(features: FeatureSet, path: Path) -> None:
     """Tensors only, written atomically (a crash never leaves a half file under the name)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
-    torch.save({"features": features.features, "labels": features.labels, "index": features.index}, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        torch.save({"features": features.features, "labels": features.labels, "index": features.index}, f)
 
 
 def load_features(path: Path) -> FeatureSet:

@@ -29,6 +29,7 @@ import torchvision
 from torch.utils.checkpoint import checkpoint
 
 from mlcdist.config import ModelConfig
+from mlcdist.models.state import load_state_strict
 
 FEATURE_WIDTHS = {"resnet18": 512, "resnet50": 2048, "vit_b_16": 768}
 _CLASSIFIER_PREFIXES = ("fc.", "heads.")  # torchvision classifier keys, dropped when loading
@@ -136,24 +137,9 @@ def load_weights_file(model: nn.Module, path: str | Path) -> None:
         raise WeightsFileError(
             f"model.weights: {path} must hold a mapping of parameter name -> tensor")
     state = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(
-        f"{k} (file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})"
-        for k in set(own) & set(state) if state[k].shape != own[k].shape
-    )
-    if missing or unexpected or mismatched:
-        def show(keys: list[str]) -> str:
-            return ", ".join(keys[:8]) + (f" ... (+{len(keys) - 8} more)" if len(keys) > 8 else "")
-
-        found = (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", mismatched))
-        parts = [f"{label} keys: {show(keys)}" for label, keys in found if keys]
-        raise WeightsFileError(
-            f"model.weights: {path} does not fit this architecture; " + "; ".join(parts)
-            + ". Check model.arch (and image_size for ViT) matches the file"
-        )
-    model.load_state_dict(state)
+    load_state_strict(model, state, source="file", error=lambda mismatch: WeightsFileError(
+        f"model.weights: {path} does not fit this architecture; {mismatch}. "
+        "Check model.arch (and image_size for ViT) matches the file"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ Key-encoder batch norm. The key encoder stays in train mode, so its BN normalise
 statistics of the batch it sees and updates its OWN running buffers from its own forward
 passes (buffers are never copied from the query; the EMA touches parameters only). To stop
 the query and key seeing the same batch statistics (a shortcut the contrastive loss can
-exploit), the trainer applies MoCo's shuffle-BN around :meth:`ContrastiveModel.encode_keys`:
+exploit), the trainer applies MoCo's shuffle-BN around the key encoder ``ContrastiveModel.key``:
 it permutes the key batch across ranks, encodes, and un-permutes (``mlcdist/parallel/``,
 ``model.key_bn=shuffle``). On one process shuffle-BN degenerates (a permutation of the same
 batch has the same statistics), so a single process runs without that protection; nothing
@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 from typing import Literal, Optional
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -72,10 +71,6 @@ class Encoder(nn.Module):
         self.feature_dim = width
         self.embed_dim = self.head.out_dim
 
-    def features(self, x: Tensor) -> Tensor:
-        """Backbone features h(x), before the head (what a linear probe sees)."""
-        return self.backbone(x)
-
     def forward(self, x: Tensor) -> Tensor:
         # Normalise in float32: under bf16 autocast the norm of a 256-d vector loses digits
         # that the temperature-scaled similarities then amplify.
@@ -85,8 +80,9 @@ class Encoder(nn.Module):
 class ContrastiveModel(nn.Module):
     """``query`` (trainable) and ``key`` (its deep copy: no gradients, updated only by EMA).
 
-    ``forward(x)`` gives L2-normalised query embeddings; ``encode_keys(x)`` the key
-    embeddings under ``torch.no_grad()``. See the module docstring for key batch norm.
+    A container: the trainer wraps and calls ``query`` and ``key`` separately (both give
+    L2-normalised embeddings; keys under ``torch.no_grad()``, ``train/objective.py``). See the
+    module docstring for key batch norm.
     """
 
     def __init__(self, query: Encoder):
@@ -97,19 +93,6 @@ class ContrastiveModel(nn.Module):
             p.requires_grad_(False)
         self.key.train()
 
-    @property
-    def backbone(self) -> nn.Module:
-        """The query backbone: what remains of the model after pretraining."""
-        return self.query.backbone
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.query(x)
-
-    @torch.no_grad()
-    def encode_keys(self, x: Tensor) -> Tensor:
-        """Key embeddings ``normalize(f_k(x))``; shuffle-BN is the trainer's job around this."""
-        return self.key(x)
-
 
 class SupervisedModel(nn.Module):
     """The paper's BCE baseline: backbone + Linear(feat, num_classes); returns logits."""
@@ -119,9 +102,6 @@ class SupervisedModel(nn.Module):
         self.backbone = backbone
         self.classifier = nn.Linear(width, num_classes)
         self.feature_dim = width
-
-    def features(self, x: Tensor) -> Tensor:
-        return self.backbone(x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.backbone(x))

@@ -22,7 +22,9 @@ from PIL import Image
 
 from support.paths import REPO
 from mlcdist.config import from_dict, load_recipe
-from mlcdist.data.shards import EncodedSample, npy_bytes, write_dataset
+from mlcdist.data.encode import npy_bytes
+from mlcdist.data.records import EncodedSample
+from mlcdist.data.shards import write_dataset
 from mlcdist.data.sources.digits import digit_mosaics
 from mlcdist.eval import carve_validation, class_similarity, resolve_checkpoint
 from mlcdist.eval.__main__ import main

@@ -15,12 +15,8 @@ from support.paths import MULAN, needs_mulan
 from support.image_trees import coco_tree, read_back, write_image
 
 from mlcdist.data.info import load_dataset_info
-from mlcdist.data.shards import (
-    PROGRESS_NAME,
-    SampleSpec,
-    parse_size,
-    write_shards,
-)
+from mlcdist.data.encode import SampleSpec
+from mlcdist.data.shards import PROGRESS_NAME, parse_size, write_dataset, write_shards
 from mlcdist.data.verify import verify
 from tools.make_shards import main
 
@@ -167,6 +163,8 @@ def test_shards_cli_coco_with_workers(tmp_path):
         "10",
         "--quality",
         "80",
+        "--max-skipped",
+        "0.5",  # 2 of the 5 images are missing or corrupt on purpose
     ]
     assert main(argv) == 0
     info = load_dataset_info(out)
@@ -176,6 +174,47 @@ def test_shards_cli_coco_with_workers(tmp_path):
     assert [s["source"] for s in read_back(tmp_path / "dropped")] == ["a.jpg", "b.png"]
     annotations.write_text('{"images": []}')
     assert main(argv) == 2  # a malformed annotation file is a clean error, not a traceback
+
+
+def error_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+
+
+def coco_argv(images: Path, annotations: Path, out: Path, *extra: str) -> list[str]:
+    return ["coco", "--images", str(images), "--annotations", str(annotations), "--out", str(out),
+            "--workers", "1", "--no-progress", *extra]
+
+
+def test_shards_cli_missing_image_folder_is_one_error_line(tmp_path, capsys):
+    _, annotations = coco_tree(tmp_path)
+    assert main(coco_argv(tmp_path / "no-such", annotations, tmp_path / "out")) == 2
+    assert error_lines(capsys) == [f"error: --images {tmp_path / 'no-such'}: no such folder; check the path"]
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_shards_cli_no_sample_written_is_an_error(tmp_path, capsys):
+    _, annotations = coco_tree(tmp_path)
+    (tmp_path / "empty").mkdir()
+    assert main(coco_argv(tmp_path / "empty", annotations, tmp_path / "out", "--max-skipped", "1")) == 2
+    (line,) = error_lines(capsys)
+    assert "no sample written (5 listed, 5 skipped; first: a.jpg: missing image" in line
+
+
+def test_shards_cli_too_many_skipped_is_an_error(tmp_path, capsys):
+    images, annotations = coco_tree(tmp_path)  # 2 of 5 images missing or corrupt
+    assert main(coco_argv(images, annotations, tmp_path / "default")) == 2  # default 0.01
+    (line,) = error_lines(capsys)
+    assert "2 of 5 listed samples skipped (40.0%, more than --max-skipped 0.01" in line
+    assert main(coco_argv(images, annotations, tmp_path / "lenient", "--max-skipped", "0.4")) == 0
+    assert load_dataset_info(tmp_path / "lenient").num_samples == 3
+
+
+def test_shards_verify_fails_on_an_empty_data_set(tmp_path, capsys):
+    write_dataset([], tmp_path / "empty", name="empty", class_names=["a"], modality="vector",
+                  feature_dim=2)
+    report = verify(tmp_path / "empty")
+    assert not report.ok and any("no samples" in p for p in report.problems)
+    assert main(["verify", str(tmp_path / "empty")]) == 1
 
 
 def test_shards_cli_help_lists_every_source(capsys):

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mlcdist.data.shards import EncodedSample, npy_bytes, write_dataset
+from mlcdist.data.encode import npy_bytes
+from mlcdist.data.records import EncodedSample
+from mlcdist.data.shards import write_dataset
 
 DIM, CLASSES, SAMPLES = 12, 5, 72
 

@@ -21,6 +21,7 @@ import torch
 from rich.console import Console
 from torch import Tensor
 
+from mlcdist.fileio import write_text
 from tools.reproduce.data import REPO, VectorSet
 
 RECIPES = REPO / "recipes"
@@ -216,6 +217,6 @@ def run_job(job: Job, data: VectorSet, sink: EventSink, fresh: bool,
               "selected_epoch": report["selected_epoch"], "epochs_run": report["epochs_run"],
               "pretrain": curve, "seconds": {"pretrain": round(pretrain_s, 1),
                                              "total": round(seconds, 1)}}
-    (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text(run_dir / "result.json", json.dumps(result, indent=2) + "\n")  # the reuse marker: never half
     sink(("done", job.key, seconds))
     return result

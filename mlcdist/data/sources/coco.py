@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlcdist.data.shards import SampleSpec
+from mlcdist.data.encode import SampleSpec
 from mlcdist.data.sources.common import AnnotationError, Listing, pair_label_tuples
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlcdist.data.shards import SampleSpec
+from mlcdist.data.encode import SampleSpec
 
 
 class AnnotationError(MlcdistError):

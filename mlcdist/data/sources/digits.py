@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlcdist.data.shards import SampleSpec
+from mlcdist.data.encode import SampleSpec
 from mlcdist.data.sources.common import Listing, label_tuples
 
 CLASS_NAMES = [str(d) for d in range(10)]

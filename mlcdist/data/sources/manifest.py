@@ -22,7 +22,7 @@ import json
 import re
 from pathlib import Path
 
-from mlcdist.data.shards import SampleSpec
+from mlcdist.data.encode import SampleSpec
 from mlcdist.data.sources.common import AnnotationError, Listing, read_lines
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from mlcdist.data.shards import SampleSpec
+from mlcdist.data.encode import SampleSpec
 from mlcdist.data.sources.common import AnnotationError, Listing, read_lines
 
 VOC_CLASSES = [

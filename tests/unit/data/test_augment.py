@@ -12,7 +12,8 @@ from PIL import Image
 from mlcdist.config import AugmentConfig
 from mlcdist.data.augment import (
     IMAGENET_MEAN, IMAGENET_STD, decode_image, draft_side, eval_image_transform, image_views,
-    pretrain_image_transform, random_keep_mask, sample_seeds, vector_views)
+    pretrain_image_transform, random_keep_mask, vector_views)
+from mlcdist.seeds import sample_seeds
 
 N = 300  # samples for frequency estimates: std of a p=0.5 estimate is ~0.03
 

@@ -19,8 +19,9 @@ from support.shardgen import jpeg_bytes, write_split
 from mlcdist.config import AugmentConfig, DataConfig, from_dict
 from mlcdist.data import gpu_augment as ga
 from mlcdist.data.augment import (
-    IMAGENET_MEAN, IMAGENET_STD, image_views, pretrain_image_transform, sample_seeds)
+    IMAGENET_MEAN, IMAGENET_STD, image_views, pretrain_image_transform)
 from mlcdist.data.pipeline import make_loader
+from mlcdist.seeds import sample_seeds
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

@@ -10,6 +10,7 @@ from mlcdist.data import augment
 from mlcdist.data.info import DatasetInfo
 from mlcdist.data.memory import TensorEvalLoader, TensorPretrainLoader
 from mlcdist.errors import MlcdistError
+from mlcdist.seeds import sample_seeds
 
 
 def rows(n: int = 10, d: int = 6, c: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -24,7 +25,7 @@ def test_pretrain_loader_batches_are_seeded_rows_and_their_masks():
     batches = list(loader)
     assert len(loader) == len(batches) == 2  # 10 // 4, the partial batch dropped
     order = torch.randperm(10, generator=torch.Generator().manual_seed(7 * 1_000_003 + 3))[:8]
-    first, second = augment.vector_views(x[order], augment.sample_seeds(7, 3, order), 0.5)
+    first, second = augment.vector_views(x[order], sample_seeds(7, 3, order), 0.5)
     got = torch.cat([b["views"][0] for b in batches]), torch.cat([b["views"][1] for b in batches])
     assert torch.equal(got[0], first) and torch.equal(got[1], second)
     assert torch.equal(torch.cat([b["labels"] for b in batches]), y[order])

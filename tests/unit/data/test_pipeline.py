@@ -213,3 +213,13 @@ def test_missing_shard_keeps_batch_count(tmp_path, caplog):
     batches = list(loader)
     assert len(batches) == 6 and loader.skipped == 6
     assert Counter(torch.cat([b["valid"] for b in batches]).tolist()) == {True: 6, False: 6}
+
+
+def test_rank_and_world_default_to_the_process_group(vectors, monkeypatch):
+    from mlcdist.data import pipeline
+
+    monkeypatch.setattr(pipeline, "world", lambda: (1, 2))  # what parallel.collectives.world says
+    loader = make_loader(str(vectors[0]), data_cfg(), AUG, mode="eval")
+    assert (loader.stream.rank, loader.stream.world_size) == (1, 2)
+    loader = make_loader(str(vectors[0]), data_cfg(), AUG, mode="eval", rank=0, world_size=1)
+    assert (loader.stream.rank, loader.stream.world_size) == (0, 1)

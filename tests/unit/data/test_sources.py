@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from mlcdist.data.info import load_dataset_info
-from mlcdist.data.shards import EncodeSettings
+from mlcdist.data.encode import EncodeSettings
 from mlcdist.data.sources.arff import list_arff
 from mlcdist.data.sources.coco import list_coco
 from mlcdist.data.sources.common import AnnotationError

@@ -1,9 +1,8 @@
-"""Backbones, projection head, query/key model, and the float32-master EMA."""
+"""Backbones, projection head, query/key model, the strict state loader, and the float32-master EMA."""
 
 from __future__ import annotations
 
 import copy
-import io
 
 import pytest
 import torch
@@ -12,8 +11,8 @@ from torch import nn
 
 from mlcdist.config import ModelConfig
 from mlcdist.models import (
-    EMA, ContrastiveModel, SupervisedModel, WeightsFileError, build_backbone, build_model,
-    ema_update_,
+    ContrastiveModel, SupervisedModel, WeightsFileError, build_backbone, build_model, ema_update_,
+    load_state_strict,
 )
 from mlcdist.models.backbones import _enable_checkpointing
 
@@ -149,18 +148,18 @@ def small_contrastive(**kw) -> ContrastiveModel:
 def test_contrastive_model_query_and_key():
     model = small_contrastive(head_bn=False)
     x = torch.randn(4, 8)
-    z = model(x)
+    z = model.query(x)
     assert z.shape == (4, 6) and z.dtype == torch.float32
     torch.testing.assert_close(z.norm(dim=1), torch.ones(4))
     assert [m.out_features for m in model.query.head.layers if isinstance(m, nn.Linear)] == [12, 6]
     assert isinstance(model.query.head.layers[1], nn.ReLU) and len(model.query.head.layers) == 3
-    assert model.backbone is model.query.backbone
     assert all(not p.requires_grad for p in model.key.parameters())
     assert all(p.requires_grad for p in model.query.parameters())
     assert model.key.training
     for pq, pk in zip(model.query.parameters(), model.key.parameters()):
         assert torch.equal(pq, pk) and pq.data_ptr() != pk.data_ptr()
-    k = model.encode_keys(x)
+    with torch.no_grad():  # how the trainer calls the key encoder (train/objective.py)
+        k = model.key(x)
     assert not k.requires_grad
     torch.testing.assert_close(k, z.detach())
 
@@ -187,10 +186,10 @@ def test_key_batchnorm_buffers_come_from_key_forward_only():
     torch.manual_seed(0)
     model = build_model(cfg(arch="resnet18", head_dims=[8]), num_classes=2)
     q_bn, k_bn = model.query.backbone.bn1, model.key.backbone.bn1
-    ema = EMA(model.key)
-    ema.update(model.query, model.key, 0.9)
+    ema_update_(list(model.key.parameters()), list(model.query.parameters()), 0.9)
     assert torch.equal(k_bn.running_mean, torch.zeros_like(k_bn.running_mean))
-    model.encode_keys(torch.randn(2, 3, 32, 32))
+    with torch.no_grad():
+        model.key(torch.randn(2, 3, 32, 32))
     assert not torch.equal(k_bn.running_mean, torch.zeros_like(k_bn.running_mean))
     assert torch.equal(q_bn.running_mean, torch.zeros_like(q_bn.running_mean))
 
@@ -225,62 +224,66 @@ def test_bf16_naive_ema_is_lost_but_fp32_master_is_not():
         ema_update_([naive], [query], m)  # bf16 target: each 1e-4 step rounds away
     assert torch.equal(naive, key_init)
 
-    key = key_init.clone()
-    ema = EMA([key])
+    master = key_init.float()  # the trainer's key encoder: float32 parameters, bf16 compute
     for _ in range(steps):
-        ema.update([query], [key], m)
+        ema_update_([master], [query], m)
+    key = master.to(torch.bfloat16)  # what a bf16 forward of the key encoder sees
     exact = 1.0 + (1.1015625 - 1.0) * (1 - m ** steps)  # closed form in float64: ~1.026
     assert key.dtype == torch.bfloat16 and float(key[0]) > 1.015
     assert abs(float(key[0]) - exact) <= 2 ** -7  # within one bf16 ulp of the exact EMA
-    assert abs(float(ema.shadow[0][0]) - exact) < 1e-4  # fp32 accumulation, << bf16 ulp
+    assert abs(float(master[0]) - exact) < 1e-4  # fp32 accumulation, << bf16 ulp
 
 
 def test_bf16_training_key_tracks_float64_reference():
-    model = small_contrastive()
-    ema = EMA(model.key)  # built before the cast: float32 key -> no shadows yet
-    model = model.to(torch.bfloat16)
+    model = small_contrastive()  # float32 parameters (the masters); bf16 autocast, as the trainer
     opt = torch.optim.SGD(model.query.parameters(), lr=0.05)
     ref = [p.detach().double().clone() for p in model.key.parameters()]
     start = [p.detach().clone() for p in model.key.parameters()]
     torch.manual_seed(1)
     for _ in range(30):
-        x = torch.randn(16, 8, dtype=torch.bfloat16)
-        loss = -(model(x) @ model.encode_keys(x + 0.1).T).diagonal().mean()
+        x = torch.randn(16, 8)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            anchors = model.query(x)
+            with torch.no_grad():
+                keys = model.key(x + 0.1)
+        loss = -(anchors @ keys.T).diagonal().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-        ema.update(model.query, model.key, 0.999)
+        ema_update_(list(model.key.parameters()), list(model.query.parameters()), 0.999)
         for r, q in zip(ref, model.query.parameters()):
             r.mul_(0.999).add_(q.detach().double(), alpha=0.001)
-    assert all(s is not None for s in ema.shadow)  # shadows were created lazily after the cast
+    assert all(p.dtype == torch.float32 for p in model.key.parameters())  # bf16 compute only
     moved = sum(int((p != s).sum()) for p, s in zip(model.key.parameters(), start))
     assert moved > 0
-    for p, r, s in zip(model.key.parameters(), ref, ema.shadow):
-        # the bf16 start is the only rounding the master ever sees
-        torch.testing.assert_close(s.double(), r, rtol=0, atol=1e-6)
-        torch.testing.assert_close(p.double(), r, rtol=2 ** -8, atol=1e-6)
+    for p, r in zip(model.key.parameters(), ref):
+        # float32 accumulation: the master tracks the float64 EMA far below a bf16 ulp
+        torch.testing.assert_close(p.double(), r, rtol=0, atol=1e-6)
 
 
-def test_fp32_key_is_its_own_master_and_state_round_trips():
+def test_fp32_key_is_its_own_master():
     model = small_contrastive()
-    ema = EMA(model.key)
-    assert all(s is None for s in ema.shadow) and ema.state_dict() == {}
     with torch.no_grad():
         for p in model.query.parameters():
             p.add_(1.0)
     before = [p.clone() for p in model.key.parameters()]
-    ema.update(model.query, model.key, 0.5)
+    ema_update_(list(model.key.parameters()), list(model.query.parameters()), 0.5)
     for p, b, q in zip(model.key.parameters(), before, model.query.parameters()):
         torch.testing.assert_close(p, 0.5 * b + 0.5 * q)
 
-    key = [torch.randn(4, dtype=torch.bfloat16)]
-    a = EMA(key)
-    a.update([torch.randn(4)], key, 0.9)
-    buf = io.BytesIO()
-    torch.save(a.state_dict(), buf)
-    buf.seek(0)
-    b = EMA([torch.zeros(4, dtype=torch.bfloat16)])
-    b.load_state_dict(torch.load(buf, weights_only=True))
-    assert torch.equal(a.shadow[0], b.shadow[0])
-    with pytest.raises(ValueError, match="do not match"):
-        EMA(model.key).load_state_dict(a.state_dict())
+
+# ---------------------------------------------------------------------------------------------
+# Strict state loading
+# ---------------------------------------------------------------------------------------------
+
+
+def test_load_state_strict_loads_an_exact_fit_and_names_every_kind_of_mismatch():
+    target, source = nn.Linear(3, 2), nn.Linear(3, 2)
+    load_state_strict(target, source.state_dict(), error=ValueError)
+    assert torch.equal(target.weight, source.weight)
+    bad = {"weight": torch.zeros(2, 2), "extra": torch.zeros(1)}
+    with pytest.raises(ValueError) as err:
+        load_state_strict(target, bad, error=ValueError, source="checkpoint")
+    assert str(err.value) == ("missing keys: bias; unexpected keys: extra; shape-mismatched keys: "
+                              "weight (checkpoint (2, 2) vs model (2, 3))")
+    assert torch.equal(target.weight, source.weight)  # nothing loaded

@@ -12,7 +12,9 @@ import torch
 
 from mlcdist.train.collapse import CollapseGuard, mean_pairwise_cosine, uniform_loss
 from mlcdist.config import from_dict
-from mlcdist.data.shards import EncodedSample, npy_bytes, write_dataset
+from mlcdist.data.encode import npy_bytes
+from mlcdist.data.records import EncodedSample
+from mlcdist.data.shards import write_dataset
 from mlcdist.train import Trainer
 
 DIM, CLASSES, SAMPLES = 12, 5, 96
