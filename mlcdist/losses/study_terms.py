@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from mlcdist.losses._study import EPS, compute_dtype, unit_rows
+from mlcdist.losses.mulsupcon import _ScoreLogSumExp
 
 STUDY_CONTRASTIVE: tuple[str, ...] = ("jaccard", "mulsupcon", "proto", "msc", "reg", "reg_plain")
 NEEDS_PROTOTYPES: tuple[str, ...] = ("proto", "msc", "reg", "reg_plain")
@@ -131,16 +132,42 @@ def _reg_instances(s, q, keep, ya, yc, alpha, regularise) -> tuple[Tensor, Tenso
     return _weighted_nll([_Block(s, keep, inst_w), _Block(q, None, proto_w)], regularise)
 
 
+def _carrier_weight(yc: Tensor, alpha: float) -> Tensor:
+    """g_a = f(1 / |y_a|): a prototype anchor's overlap with a candidate carrying its label (N)."""
+    return _overlap_weight(1.0 / yc.sum(1).clamp_min(1.0), alpha)
+
+
 def _reg_prototypes(z_cand, p, yc, valid, temperature, alpha, regularise) -> tuple[Tensor, Tensor]:
-    """Prototype anchors k: positives are the valid candidates carrying k, weight f(1/|y_a|) normalised;
-    the other prototypes are candidates only (never positive: they share no label)."""
-    carriers = yc.T  # C x N (invalid rows of yc are already 0)
-    f = _overlap_weight(yc.T / yc.sum(1).clamp_min(1.0).unsqueeze(0), alpha) * carriers
-    weights = f / (f.sum(1, keepdim=True) + EPS)
-    others = ~torch.eye(len(p), dtype=torch.bool, device=p.device)
-    blocks = [_Block((p @ z_cand.T) / temperature, valid.unsqueeze(0).expand_as(carriers), weights),
-              _Block((p @ p.T) / temperature, others, None)]
-    return _weighted_nll(blocks, regularise)
+    r"""Prototype anchors k: positives are the valid candidates carrying k, :math:`w_{ka} = y_{ak} g_a / R_k`
+    with :math:`R_k = \sum_a y_{ak} g_a`; the other prototypes are candidates only (they share no label).
+
+    C x N is the largest shape (C = 983 labels x 65,536 queue keys is 257 MB in float32), so only the
+    score matrix of the softmax (fused, one buffer) and, for ``reg``, the regulariser's constant r
+    are C x N; the positive term is :math:`p_k \cdot V_k` with the C x D carrier sums V."""
+    g = _carrier_weight(yc, alpha)  # invalid rows of yc are 0: they carry nothing
+    reach = yc.T @ g  # R_k, C
+    carrier_sum = (yc.T @ (g.unsqueeze(1) * z_cand)) / (reach + EPS).unsqueeze(1)  # V, C x D
+    lse_instances = _ScoreLogSumExp.apply(p / temperature, z_cand, valid)
+    others = torch.eye(len(p), dtype=torch.bool, device=p.device)
+    lse_prototypes = torch.logsumexp(((p @ p.T) / temperature).masked_fill(others, float("-inf")), dim=1)
+    lse = torch.logaddexp(lse_instances, lse_prototypes) if len(p) > 1 else lse_instances
+    weight_sum = reach / (reach + EPS)  # W_k
+    total = (p * carrier_sum).sum() / temperature - (weight_sum * lse).sum()
+    if regularise:
+        total = total + _prototype_regulariser(z_cand, p, yc, g, reach, valid, lse, temperature)
+    return -total, (reach > 0).sum().to(total.dtype)
+
+
+def _prototype_regulariser(z_cand, p, yc, g, reach, valid, lse, temperature) -> Tensor:
+    r""":math:`\sum_{k,a} r_{ka} S_{ka}` with the constant :math:`r = \max(\sigma - w, 0)[w \neq 0]`."""
+    with torch.no_grad():
+        share = (p @ z_cand.T).div_(temperature).sub_(lse.unsqueeze(1)).exp_().mul_(valid)  # sigma, C x N
+        weights = (yc * g.unsqueeze(1)).T.div_((reach + EPS).unsqueeze(1))  # w, C x N
+        extra = share.sub_(weights).clamp_min_(0.0).mul_(weights != 0)
+        del weights
+    if z_cand.requires_grad:  # in-batch: N is the global batch, the product is small
+        return (extra * (p @ z_cand.T)).sum() / temperature
+    return (p * (extra @ z_cand)).sum() / temperature
 
 
 def study_terms(kind: str, anchors: Tensor, labels: Tensor, candidates: Tensor, candidate_labels: Tensor,
