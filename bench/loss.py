@@ -2,6 +2,8 @@
 
     python bench/loss.py [--batch 256] [--dim 128] [--repeats 3] [--device cpu|cuda]
     python bench/loss.py --study [--big]   # the study's in-batch losses (bench/study_losses.py)
+    python bench/loss.py --trainer [--naive-gib 4]   # the trainer's study losses, in-batch and MoCo
+                                                     # (bench/study_trainer.py)
 
 The baseline replicates each anchor's score row once per label it carries and runs SupCon over
 the replicated rows, as the official MulSupCon code does (codes/utils.py, codes/losses.py). Both are timed in the same run;
@@ -90,9 +92,15 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--study", action="store_true", help="the study's in-batch losses, B x B x C baselines")
     parser.add_argument("--big", action="store_true", help="with --study: also reg at C=983 (~17 GiB)")
+    parser.add_argument("--trainer", action="store_true",
+                        help="the trainer's study losses, in-batch and MoCo (8,192 / 65,536 candidates)")
+    parser.add_argument("--naive-gib", type=float, default=4.0,
+                        help="with --trainer: skip a straightforward form whose label tensors exceed this")
     args = parser.parse_args()
     if args.study:
         return study_table(args)
+    if args.trainer:
+        return trainer_table(args)
 
     mem = "peak MiB" if args.device == "cuda" else "max tensor MiB"
     table = Table(title=f"MulSupCon loss fwd+bwd, B={args.batch}, D={args.dim}, device={args.device}")
@@ -121,6 +129,23 @@ def study_table(args) -> None:
         table.add_row(key, str(c), f"{td * 1e3:.1f}", "-" if ts is None else f"{ts * 1e3:.1f}", f"{md:.0f}",
                       "-" if ms is None else f"{ms:.0f}", "-" if ts is None else f"{ts / td:.1f}x")
     Console().print(table)
+
+
+def trainer_table(args) -> None:
+    from study_trainer import trainer_rows  # bench/ is on sys.path when run as a script
+
+    mem = "peak MiB" if args.device == "cuda" else "peak RSS MiB"
+    table = Table(title=f"Study losses as the trainer runs them, fwd+bwd, B={args.batch}, D={args.dim}, "
+                        f"device={args.device}, threads={torch.get_num_threads()}")
+    for col in ("loss", "C", "setting", "N", "dense ms", "label-tensor ms", f"dense {mem}",
+                f"label-tensor {mem}", "speed-up"):
+        table.add_column(col, justify="right")
+    for kind, c, setting, n, td, ts, md, ms, need in trainer_rows(args.batch, args.dim, args.repeats,
+                                                                   args.device, time_fn, args.naive_gib):
+        skipped = f"skipped (needs {need:.0f} GiB)"
+        table.add_row(kind, str(c), setting, f"{n:,}", f"{td * 1e3:.1f}", skipped if ts is None else f"{ts * 1e3:.1f}",
+                      f"{md:.0f}", "-" if ms is None else f"{ms:.0f}", "-" if ts is None else f"{ts / td:.1f}x")
+    Console(width=160).print(table)
 
 
 if __name__ == "__main__":

@@ -119,16 +119,57 @@ class ModelConfig:
             raise _bad("mlp_dims", "needs at least one positive width, e.g. [256, 256, 256]")
 
 
+SUPERVISED_KINDS = ("bce", "asl", "zlpr")
+PROTOTYPE_KINDS = ("proto", "msc", "reg", "reg_plain")
+IN_BATCH_KINDS = ("mulsupcon", "jaccard", "proto", "msc", "reg", "reg_plain")
+
+
 @dataclass
 class LossConfig:
-    """``kind``: MulSupCon eq. (4)+(5), ``weighted`` eq. (6), ``all``/``any`` eq. (1), or
-    ``bce`` (the paper's supervised baseline: backbone + linear classifier, no contrast)."""
+    """``kind``: MulSupCon eq. (4)+(5), ``weighted`` eq. (6), ``all``/``any`` eq. (1); the study's
+    (Audibert et al. 2024) ``jaccard``, ``proto``, ``msc``, ``reg``, ``reg_plain`` (label prototypes
+    for the last four); or a supervised baseline ``bce`` (the paper's), ``asl``, ``zlpr`` (backbone +
+    linear classifier, no contrast). See docs/losses.md.
 
-    kind: Literal["mulsupcon", "weighted", "all", "any", "bce"] = "mulsupcon"
+    ``candidates``: ``moco`` (the anchors' own keys, the global batch's keys and the queue) or
+    ``batch`` (the study's setting: one view, the global batch, self excluded; no key, no queue).
+    ``alpha``: ``msc`` weight of instance positives (default 1), ``reg``/``reg_plain`` overlap exponent
+    (default 0; < 0: hard subset threshold); ``beta``: ``msc`` weight of instances in the denominator.
+    ``gamma_neg``, ``gamma_pos``, ``clip``, ``eps``: ``asl`` (the study's defaults).
+    """
+
+    kind: Literal["mulsupcon", "weighted", "all", "any", "jaccard", "proto", "msc", "reg", "reg_plain",
+                  "bce", "asl", "zlpr"] = "mulsupcon"
     temperature: float = 0.1
+    candidates: Literal["moco", "batch"] = "moco"
+    alpha: Optional[float] = None
+    beta: float = 0.1
+    gamma_neg: float = 1.0
+    gamma_pos: float = 0.0
+    clip: float = 0.0
+    eps: float = 1e-5
+
+    @property
+    def supervised(self) -> bool:
+        return self.kind in SUPERVISED_KINDS
+
+    @property
+    def prototypes(self) -> bool:
+        """Does the query model hold label prototypes (C x D) for this loss?"""
+        return self.kind in PROTOTYPE_KINDS
 
     def validate(self) -> None:
         _positive(self, "temperature")
+        if self.candidates == "batch" and self.kind not in IN_BATCH_KINDS:
+            raise _bad("candidates", f"batch is the study's in-batch setting, for kind "
+                                     f"{', '.join(IN_BATCH_KINDS)}; kind {self.kind} needs candidates=moco")
+        if self.alpha is not None and self.kind not in ("msc", "reg", "reg_plain"):
+            raise _bad("alpha", f"is used by kind msc, reg, reg_plain only, not {self.kind}; remove it")
+        for name in ("beta", "gamma_neg", "gamma_pos"):
+            _non_negative(self, name)
+        if not 0 <= self.clip < 1:
+            raise _bad("clip", f"{self.clip} must be in [0, 1)")
+        _positive(self, "eps")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 from typing import Literal, Optional
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -56,25 +57,53 @@ class ProjectionHead(nn.Module):
         return self.layers(x)
 
 
+class LabelPrototypes(nn.Module):
+    """C x D label prototypes (the study's ``prototype``, Xavier-uniform); ``forward`` gives them
+    L2-normalised.
+
+    A sub-module, called inside the encoder's forward, so that every backend treats them like any
+    other weight: DDP reduces their gradient, FSDP2 shards them with the root unit and gathers them
+    for the forward, ZeRO-3 gathers them around this module's forward and backward. Returning the raw
+    parameter would hand ZeRO-3 a tensor it frees after the forward.
+    """
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, dim))
+        nn.init.xavier_uniform_(self.weight)
+
+    def forward(self) -> Tensor:
+        return F.normalize(self.weight.float(), dim=1)
+
+
 class Encoder(nn.Module):
     """Backbone h + projection head g; ``forward`` returns ``normalize(g(h(x)))`` in float32.
 
     ``backbone`` and ``head`` are separate attributes so the head can be dropped after
-    pretraining (``encoder.backbone`` is what evaluation keeps).
+    pretraining (``encoder.backbone`` is what evaluation keeps). ``num_prototypes > 0`` adds
+    :class:`LabelPrototypes` (the study's prototype losses); ``forward(x, with_prototypes=True)``
+    then returns ``(embeddings, prototypes)``.
     """
 
     def __init__(self, backbone: nn.Module, width: int, head_dims: list[int], *,
-                 head_bn: bool = False):
+                 head_bn: bool = False, num_prototypes: int = 0):
         super().__init__()
         self.backbone = backbone
         self.head = ProjectionHead(width, list(head_dims), batch_norm=head_bn)
         self.feature_dim = width
         self.embed_dim = self.head.out_dim
+        if num_prototypes > 0:  # initialised after backbone and head: their weights do not change
+            self.prototypes = LabelPrototypes(num_prototypes, self.embed_dim)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, with_prototypes: bool = False):
         # Normalise in float32: under bf16 autocast the norm of a 256-d vector loses digits
         # that the temperature-scaled similarities then amplify.
-        return F.normalize(self.head(self.backbone(x)).float(), dim=1)
+        z = F.normalize(self.head(self.backbone(x)).float(), dim=1)
+        if with_prototypes:
+            if not hasattr(self, "prototypes"):
+                raise ValueError("Encoder: built without prototypes (num_prototypes=0)")
+            return z, self.prototypes()
+        return z
 
 
 class ContrastiveModel(nn.Module):
@@ -109,10 +138,12 @@ class SupervisedModel(nn.Module):
 
 def build_model(cfg: ModelConfig, *, num_classes: int, in_dim: Optional[int] = None,
                 kind: Literal["contrastive", "supervised"] = "contrastive",
-                image_size: int = 224) -> nn.Module:
-    """``ContrastiveModel`` (MulSupCon / ALL / ANY pretraining) or ``SupervisedModel`` (BCE).
+                image_size: int = 224, prototypes: bool = False) -> nn.Module:
+    """``ContrastiveModel`` (MulSupCon / ALL / ANY / study pretraining) or ``SupervisedModel``
+    (BCE / ASL / ZLPR).
 
-    ``in_dim`` is the vector length for ``arch=mlp``; ``image_size`` matters for ViT only.
+    ``in_dim`` is the vector length for ``arch=mlp``; ``image_size`` matters for ViT only;
+    ``prototypes`` gives the query (and its key copy) ``num_classes`` label prototypes.
     """
     if kind not in ("contrastive", "supervised"):
         raise ValueError(f"build_model: kind must be 'contrastive' or 'supervised', got {kind!r}")
@@ -122,4 +153,5 @@ def build_model(cfg: ModelConfig, *, num_classes: int, in_dim: Optional[int] = N
             raise ValueError(
                 f"build_model: the BCE baseline needs num_classes > 0, got {num_classes}")
         return SupervisedModel(backbone, width, num_classes)
-    return ContrastiveModel(Encoder(backbone, width, list(cfg.head_dims), head_bn=cfg.head_bn))
+    return ContrastiveModel(Encoder(backbone, width, list(cfg.head_dims), head_bn=cfg.head_bn,
+                                    num_prototypes=num_classes if prototypes else 0))

@@ -1,5 +1,6 @@
-"""Collectives of the training step (no gradient: keys and labels come from the momentum
-encoder and the data). Floor 1: imports nothing of mlcdist, so losses and eval can use them.
+"""Collectives of the training step. Floor 1: imports nothing of mlcdist, so losses and eval can
+use them. Keys and labels come from the momentum encoder and the data (no gradient); the study's
+in-batch setting gathers the query features themselves, with gradient (:func:`all_gather_with_grad`).
 
 ``world()`` is ``(rank, size)`` of the initialised default group, else ``(0, 1)``; every
 function is the identity in one process.
@@ -28,6 +29,30 @@ def all_gather_rows(x: Tensor) -> Tensor:
     parts = [torch.empty_like(x) for _ in range(size)]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient of the gathered rows and keeps this
+    rank's block (an all_reduce: gloo has no reduce_scatter)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
+def all_gather_with_grad(x: Tensor) -> Tensor:
+    """:func:`all_gather_rows` with gradient: rank r's rows get the sum over ranks of the
+    gradients of the gathered copy (so every rank's loss terms reach every rank's features)."""
+    _, size = world()
+    return x if size == 1 else _GatherWithGrad.apply(x)
 
 def all_reduce_sum(x: Tensor) -> Tensor:
     _, size = world()

@@ -65,10 +65,10 @@ class Trainer:
             raise MlcdistError("data.train is empty; set it to a shard folder holding dataset.json "
                                "(python -m tools.make_shards writes one), e.g. data.train=shards/coco/train")
         self.info = info or load_dataset_info(cfg.data.train)
-        self.contrastive = cfg.loss.kind != "bce"
+        self.contrastive = not cfg.loss.supervised
         model = build_model(cfg.model, num_classes=self.info.num_classes, in_dim=self.info.feature_dim,
                             kind="contrastive" if self.contrastive else "supervised",
-                            image_size=cfg.augment.image_size)
+                            image_size=cfg.augment.image_size, prototypes=cfg.loss.prototypes)
         self.loader = loader if loader is not None else self._shard_loader()
         self.steps_per_epoch = len(self.loader) // cfg.optim.grad_accum
         if self.steps_per_epoch == 0:
@@ -137,10 +137,10 @@ class Trainer:
                                            shuffle_seed=step_seed(cfg.seed, progress.step, progress.micro),
                                            shuffle_bn=cfg.model.key_bn == "shuffle")
                 else:
-                    out = supervised_loss(self.query, views, labels)
+                    out = supervised_loss(self.query, views, labels, cfg.loss)
             backward_and_step(self.acc, self.strategy, self.query, self.optimizer, out.loss,
                               cfg.optim.grad_clip)
-        if self.contrastive:
+        if out.keys is not None:  # MoCo setting (in-batch: no keys, the queue stays empty)
             self.queue.enqueue_(out.keys, out.key_labels)
         if self.acc.sync_gradients:
             if self.contrastive:

@@ -131,7 +131,7 @@ def pretrain(job: Job, data: VectorSet, train_rows: Tensor, out: Path, sink: Eve
     trainer = Trainer(cfg, info=info, loader=loader, console=Console(quiet=True))
     summary = trainer.fit()
     curve = epoch_losses(out / "metrics.jsonl")
-    contrastive = cfg.loss.kind != "bce"
+    contrastive = not cfg.loss.supervised  # bce, asl, zlpr
     return {"loss": cfg.loss.kind, "steps": summary["step"], "epochs": summary["epoch"],
             "epoch_loss": curve,
             "ln_candidates": math.log(cfg.data.batch_size + cfg.queue.size) if contrastive else None}

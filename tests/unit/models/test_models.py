@@ -287,3 +287,24 @@ def test_load_state_strict_loads_an_exact_fit_and_names_every_kind_of_mismatch()
     assert str(err.value) == ("missing keys: bias; unexpected keys: extra; shape-mismatched keys: "
                               "weight (checkpoint (2, 2) vs model (2, 3))")
     assert torch.equal(target.weight, source.weight)  # nothing loaded
+
+
+def test_label_prototypes_are_query_parameters_with_weight_decay():
+    from mlcdist.config import OptimConfig
+    from mlcdist.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = build_model(cfg(arch="mlp", mlp_dims=[8], head_dims=[8, 6], head_bn=False), num_classes=5,
+                        in_dim=4, prototypes=True)
+    weight = model.query.prototypes.weight
+    bound = (6 / (5 + 6)) ** 0.5  # Xavier-uniform, as the study
+    assert weight.shape == (5, 6) and weight.abs().max() <= bound and weight.std() > bound / 3
+    assert "prototypes.weight" in model.query.state_dict()  # saved with the query (checkpoints)
+    z, p = model.query(torch.randn(3, 4), with_prototypes=True)
+    torch.testing.assert_close(p.norm(dim=1), torch.ones(5))
+    opt = build_optimizer(OptimConfig(name="adamw", weight_decay=0.01), model.query)
+    decayed = [q for g in opt.param_groups if g["weight_decay"] > 0 for q in g["params"]]
+    assert any(q is weight for q in decayed)  # the study does not exclude them from weight decay
+    plain = build_model(cfg(arch="mlp", mlp_dims=[8], head_dims=[8, 6], head_bn=False), num_classes=5, in_dim=4)
+    with pytest.raises(ValueError, match="without prototypes"):
+        plain.query(torch.randn(3, 4), with_prototypes=True)
