@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from mlcdist.config import ConfigError, EvalConfig
 from mlcdist.eval.features import FeatureSet, collect
 from mlcdist.metrics import METRICS, multilabel_metrics
+from mlcdist.models.moco import SupervisedModel
 from mlcdist.parallel import (
     Strategy, all_reduce_sum, backward_and_step, full_state_dict, inner_optimizer, prepare_replicated, unwrap,
     world,
@@ -143,22 +144,6 @@ def train_linear_probe(train: FeatureSet, val: FeatureSet, test: FeatureSet, cfg
                        {k: v.cpu() for k, v in best.items()})
 
 
-class Classifier(nn.Module):
-    """Backbone + new linear layer; ``forward`` gives logits, ``features_and_logits`` both."""
-
-    def __init__(self, backbone: nn.Module, width: int, num_classes: int):
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(width, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.backbone(x))
-
-    def features_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.backbone(x)
-        return h, self.head(h)
-
-
 @dataclass
 class FinetuneData:
     """Loaders of this rank: ``train`` (eval mode), ``val`` (None: carved rows of ``train``
@@ -178,10 +163,10 @@ def finetune(acc, strategy: Strategy, backbone: nn.Module, width: int, num_class
     device = acc.device
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = Classifier(backbone, width, num_classes)
+        model = SupervisedModel(backbone, width, num_classes)  # backbone + new linear layer
     optimizer = torch.optim.Adam([
         {"params": model.backbone.parameters(), "lr": cfg.backbone_lr},
-        {"params": model.head.parameters(), "lr": cfg.lr},
+        {"params": model.classifier.parameters(), "lr": cfg.lr},
     ], weight_decay=cfg.weight_decay)
     model.to(device)
     model, optimizer = prepare_replicated(acc, strategy, model, optimizer, what="eval.mode=finetune")

@@ -213,10 +213,7 @@ def test_compare_prints_runs_side_by_side(probes, capsys):
     assert f"{pre['clean']['mAP']:.4f}" in text and f"{pre['paper']['micro_f1']:.4f}" in text
 
 
-def test_image_checkpoint_linear_and_finetune(tmp_path, capsys, monkeypatch):
-    from mlcdist import progress
-
-    monkeypatch.setattr(progress.console, "quiet", False)  # tools.reproduce's tests silence it
+def test_image_checkpoint_linear_and_finetune(tmp_path, capsys):
     from tools.make_shards import main as make_shards
 
     shards = tmp_path / "digits"
