@@ -32,7 +32,9 @@ class DataConfig:
 
     ``train``/``val``/``test`` are shard folders holding ``dataset.json`` (or any URL/brace
     pattern webdataset opens, with ``dataset.json`` beside it). ``batch_size`` is per process:
-    the global batch is ``batch_size x world_size x optim.grad_accum``.
+    the global batch is ``batch_size x world_size x optim.grad_accum``. A shard that delivers
+    fewer samples than ``dataset.json`` promises stops the run, naming the shard, unless
+    ``allow_missing`` (then its missing samples are skipped and counted, like corrupt ones).
     """
 
     train: str = ""
@@ -43,6 +45,7 @@ class DataConfig:
     shuffle_buffer: int = 1000
     resampled: bool = False
     seed: int = 0
+    allow_missing: bool = False
 
     def validate(self) -> None:
         _positive(self, "batch_size")

@@ -53,6 +53,7 @@ from mlcdist.data import gpu_augment
 from mlcdist.data.batch import PretrainBatch, views_to_device
 from mlcdist.data.info import DatasetInfo, join_url, load_dataset_info
 from mlcdist.data.plan import PlanMode, batches_per_rank, mix_seed, plan_worker
+from mlcdist.errors import MlcdistError
 
 log = logging.getLogger("mlcdist.data")
 Mode = Literal["pretrain", "eval"]
@@ -92,10 +93,24 @@ def resolve(location: str) -> tuple[DatasetInfo, ShardSet]:
     return dataclasses.replace(info, shards=subset, num_samples=sum(shards.sizes)), shards
 
 
-def read_shard(url: str, start: int, stop: int) -> Iterator[tuple[int, Optional[dict]]]:
+@dataclass(frozen=True)
+class Shortfall:
+    """Stands in for each sample a shard did not deliver (``read_shard``); ``Loader`` stops on
+    the first one unless ``data.allow_missing`` (then they are holes, counted in ``skipped``)."""
+
+    url: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.url}: {self.reason}"
+
+
+def read_shard(url: str, start: int, stop: int) -> Iterator[tuple[int, Optional[dict] | Shortfall]]:
     """Yield exactly ``(pos, raw sample)`` for ``pos`` in ``[start, stop)`` of one tar shard, raw
-    bytes undecoded; positions the shard cannot deliver (unreadable, too short) come as ``None``."""
+    bytes undecoded; positions the shard cannot deliver (unreadable, too short) come as one
+    :class:`Shortfall` naming the shard."""
     pos = 0
+    short = None
     try:
         for sample in group_by_keys(tar_file_expander(url_opener([{"url": url}]))):
             if pos >= stop:
@@ -104,12 +119,13 @@ def read_shard(url: str, start: int, stop: int) -> Iterator[tuple[int, Optional[
                 yield pos, sample
             pos += 1
         if pos < stop:
-            log.warning("%s: has %d samples, dataset.json promises at least %d; re-run the converter",
-                        url, pos, stop)
+            short = Shortfall(url, f"has {pos} samples, dataset.json promises at least {stop}")
     except Exception as err:  # a broken shard must not hang the other ranks: its rest becomes holes
-        log.warning("%s: unreadable after sample %d (%s); its remaining samples are skipped", url, pos, err)
+        short = Shortfall(url, f"unreadable after sample {pos} ({err})")
+    if short is not None:
+        log.warning("%s; its missing samples are skipped", short)
     for missing in range(max(pos, start), stop):
-        yield missing, None
+        yield missing, short
 
 
 def buffer_shuffle(items: Iterator, size: int, rng: np.random.Generator) -> Iterator:
@@ -216,7 +232,7 @@ class ShardStream(IterableDataset):
 
     def _decode(self, index: int, sample: Optional[dict]) -> Optional[tuple[Any, list[int]]]:
         """(image or vector, labels) or None (counted, warned) when the sample is unusable."""
-        if sample is None:
+        if not isinstance(sample, dict):  # padding (None) or a Shortfall
             return None
         try:
             labels = json.loads(sample["labels.json"])
@@ -250,6 +266,12 @@ class ShardStream(IterableDataset):
         return aug.vector_views(x, seeds, self.augment.mask_ratio, count) if count == 2 else (x,)
 
     def _batch(self, chunk: list[tuple[int, Optional[dict]]]) -> dict:
+        batch = self._assemble(chunk)
+        # the first shortfall in this batch, as text: the main process decides (Loader.__iter__)
+        batch["shortfall"] = next((str(s) for _, s in chunk if isinstance(s, Shortfall)), "")
+        return batch
+
+    def _assemble(self, chunk: list[tuple[int, Optional[dict]]]) -> dict:
         decoded = [self._decode(i, s) for i, s in chunk]
         good = [k for k, d in enumerate(decoded) if d is not None]
         skipped = sum(1 for (i, _), d in zip(chunk, decoded) if d is None and i >= 0)
@@ -308,6 +330,12 @@ class Loader:
     def __len__(self) -> int:
         return self.stream.batches
 
+    def _check_shortfall(self, shortfall: str) -> None:
+        if shortfall and not self.stream.data.allow_missing:
+            raise ShardShortfallError(
+                f"{shortfall}; re-convert the shard (python -m tools.make_shards ... and its verify), "
+                "or set data.allow_missing=true to go on without its samples (counted as skipped)")
+
     @property
     def epoch(self) -> int:
         return self.stream.epoch
@@ -328,6 +356,7 @@ class Loader:
                             generator=torch.Generator().manual_seed(self.stream.data.seed))
         before = self.skipped
         for batch in loader:
+            self._check_shortfall(batch.pop("shortfall"))
             self.skipped += int(batch.pop("skipped"))
             if "views" in batch:  # DataLoader's default_convert turns the tuple into a list
                 batch["views"] = tuple(batch["views"])
@@ -336,6 +365,10 @@ class Loader:
         if self.skipped > before:
             log.warning("epoch %d, rank %d: %d corrupt or missing samples skipped (batch count unchanged)",
                         self.epoch, self.stream.rank, self.skipped - before)
+
+
+class ShardShortfallError(MlcdistError):
+    """A shard delivered fewer samples than ``dataset.json`` promises (and no ``data.allow_missing``)."""
 
 
 def ignore_stop_signals(worker_id: int) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from mlcdist.config import RecipeConfig, apply_overrides, from_dict, load_raw, merge
-from mlcdist.data.info import DatasetInfo, index_location, load_dataset_info
+from mlcdist.data.info import DatasetInfo, split_info
 from mlcdist.eval.features import Checkpoint, EvalInputError
 
 SPLITS = ("train", "val", "test")
@@ -52,21 +52,8 @@ def split_infos(cfg: RecipeConfig) -> dict[str, DatasetInfo]:
     if not cfg.data.test:
         raise EvalInputError("data.test: no test split named; results are reported on a test split, "
                              "set data.test in the eval recipe or with --test")
-    infos = {}
-    for split in SPLITS:
-        location = getattr(cfg.data, split)
-        if not location:
-            continue
-        try:
-            infos[split] = load_dataset_info(location)
-        except FileNotFoundError:
-            expected = index_location(location)[1]
-            raise EvalInputError(
-                f"data.{split}: {expected} not found; make the shards first, e.g. "
-                f"`python -m tools.make_shards digits --out shards/digits` for the demo, or "
-                f"`python -m tools.make_shards SOURCE ... --out {location}` "
-                "(see python -m tools.make_shards --help)") from None
-    return infos
+    return {split: split_info(f"data.{split}", getattr(cfg.data, split))
+            for split in SPLITS if getattr(cfg.data, split)}
 
 
 def check_compatible(cfg: RecipeConfig, ckpt: Optional[Checkpoint], infos: dict[str, DatasetInfo]) -> None:
