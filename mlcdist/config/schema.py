@@ -218,7 +218,9 @@ class EvalConfig:
     finetune lr 1e-4 with backbone at ``backbone_lr``, reduce-on-plateau x0.1).
 
     ``transfer``: evaluate on another dataset than the pretraining one (``data.*`` must name
-    its shards; its class count may differ from the checkpoint's). See ``docs/eval.md``.
+    its shards; its class count may differ from the checkpoint's). ``standardize``: the linear
+    probe trains on features standardised with the train split's mean and std (the saved head
+    is folded back to act on raw features). See ``docs/eval.md``.
     """
 
     mode: Literal["linear", "finetune"] = "linear"
@@ -233,6 +235,7 @@ class EvalConfig:
     val_fraction: float = 0.1
     select_metric: str = "mAP"
     seed: int = 0
+    standardize: bool = True
 
     def validate(self) -> None:
         _positive(self, "epochs")

@@ -46,10 +46,11 @@ def json_safe(value: Any) -> Any:
 
 def build_report(result: Any, eval_cfg: Any, class_names: Sequence[str], *, checkpoint: str,
                  pretrain_data: Optional[str], datasets: dict, num_rows: dict, mode: str,
-                 transfer: bool = False, random_init: bool = False) -> dict:
+                 transfer: bool = False, random_init: bool = False, warnings: Sequence[str] = ()) -> dict:
     """The ``metrics.json`` record of one evaluation (``python -m mlcdist.eval`` and
     ``tools.reproduce`` both write it): settings, data, the selected epoch's scores
-    (:func:`score_report`) and the history. ``result`` is an ``eval.probe.ProbeResult``."""
+    (:func:`score_report`), the history and the warnings (the data's and the probe's).
+    ``result`` is an ``eval.probe.ProbeResult``."""
     import dataclasses
 
     return {
@@ -60,6 +61,7 @@ def build_report(result: Any, eval_cfg: Any, class_names: Sequence[str], *, chec
         **score_report(result.val_scores, result.val_targets, result.test_scores, result.test_targets,
                        class_names),
         "eval": dataclasses.asdict(eval_cfg), "history": result.history,
+        "warnings": [*warnings, *getattr(result, "warnings", [])],
     }
 
 

@@ -36,10 +36,10 @@ FAST = ["data.num_workers=0", "--no-plots"]
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def write_vectors(out: Path, x: np.ndarray, y: np.ndarray, name: str) -> Path:
+def write_vectors(out: Path, x: np.ndarray, y: np.ndarray, name: str, prefix: str = "c") -> Path:
     samples = [EncodedSample("npy", npy_bytes(x[i]), np.flatnonzero(y[i]).tolist(), f"{name}-{i}")
                for i in range(len(x))]
-    write_dataset(samples, out, name=name, class_names=[f"c{j}" for j in range(y.shape[1])],
+    write_dataset(samples, out, name=name, class_names=[f"{prefix}{j}" for j in range(y.shape[1])],
                   modality="vector", feature_dim=x.shape[1], max_samples_per_shard=256)
     return out
 
@@ -192,6 +192,11 @@ def test_mismatches_name_both_sides(vector_run, tmp_path, capsys):
 
     message = error("--train", five, "--test", five)
     assert "pretrained on 10 classes" in message and "has 5" in message and "--transfer" in message
+    renamed = write_vectors(tmp_path / "renamed", rng.random((40, 256)), rng.random((40, 10)) < 0.4, "renamed",
+                            prefix="k")
+    message = error("--train", renamed, "--test", renamed)
+    assert "class names differ" in message and "digits-train" in message and "renamed" in message
+    assert "only in renamed: k0" in message and "--transfer" in message and message.count("\n") == 1
     message = error("--train", narrow, "--test", narrow, "--transfer")
     assert "256-d" in message and "32-d" in message
     message = error("model.arch=resnet18")
@@ -207,10 +212,23 @@ def test_mismatches_name_both_sides(vector_run, tmp_path, capsys):
 
 def test_compare_prints_runs_side_by_side(probes, capsys):
     assert main(["compare", str(probes["pretrained"]), str(probes["random"])]) == 0
-    text = capsys.readouterr().out
+    text, err = capsys.readouterr()
     pre = strict_json(probes["pretrained"] / "metrics.json")["test"]
     assert "linear-random" in text and "mAP (paper*)" in text and "micro-F1 (clean @0.5)" in text
     assert f"{pre['clean']['mAP']:.4f}" in text and f"{pre['paper']['micro_f1']:.4f}" in text
+    assert "test data" in text and "digits-test (200)" in text and "warning" not in err
+
+
+def test_train_as_test_warns_and_compare_flags_other_test_sets(probes, vector_run, vector_digits, tmp_path,
+                                                               capsys):
+    out = tmp_path / "fit"
+    assert evaluate(vector_run, "--test", vector_digits / "train", "--out", out, "eval.epochs=1", *FAST) == 0
+    assert "data.test is data.train" in capsys.readouterr().err
+    assert "data.test is data.train" in strict_json(out / "metrics.json")["warnings"][0]
+    assert main(["compare", str(probes["pretrained"]), str(out)]) == 0
+    text, err = capsys.readouterr()
+    assert "digits-train (600)" in text and "digits-test (200)" in text
+    assert "tested on different data sets" in err and "fit: data.test is data.train" in err
 
 
 def test_image_checkpoint_linear_and_finetune(tmp_path, capsys):
