@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import torch
 from torch import Tensor
 
 from mlcdist.metrics import (
@@ -67,7 +68,8 @@ def build_report(result: Any, eval_cfg: Any, class_names: Sequence[str], *, chec
 
 def score_report(val_scores: Tensor, val_targets: Tensor, test_scores: Tensor, test_targets: Tensor,
                  class_names: Sequence[str]) -> dict:
-    """``{"val": clean metrics, "test": {"clean", "val_tuned", "paper"}, "per_class_ap"}``."""
+    """``{"val": clean metrics, "test": {"clean", "val_tuned", "paper"}, "per_class_ap",
+    "test_positives"}`` (positives: test samples carrying each class)."""
     ap = per_class_average_precision(test_scores, test_targets)
     return {
         "val": multilabel_metrics(val_scores, val_targets),
@@ -77,6 +79,7 @@ def score_report(val_scores: Tensor, val_targets: Tensor, test_scores: Tensor, t
             "paper": paper_protocol_metrics(test_scores, test_targets),
         },
         "per_class_ap": dict(zip(class_names, ap.tolist())),
+        "test_positives": dict(zip(class_names, torch.as_tensor(test_targets).bool().sum(0).tolist())),
     }
 
 
@@ -128,20 +131,34 @@ def rich_table(report: dict):
 
 def write_report(out_dir: Path, report: dict, class_names: Sequence[str], test_features: Tensor,
                  test_targets: Tensor, plots: bool = True) -> dict:
-    """Write metrics.json, metrics.md and (``plots``) per_class_ap.png, class_similarity.png."""
+    """Write metrics.json, metrics.md and (``plots``) per_class_ap.png, class_similarity.png and
+    curves.png (``eval/figures.py``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     safe = json_safe(report)
     (out_dir / "metrics.json").write_text(json.dumps(safe, indent=2) + "\n")
     (out_dir / "metrics.md").write_text(markdown_table(safe))
     if plots:
-        from mlcdist.eval.figures import class_similarity, plot_class_similarity, plot_per_class_ap
-
-        name = Path(str(report["checkpoint"])).parent.name or str(report["checkpoint"])
-        plot_per_class_ap(safe["per_class_ap"], out_dir / "per_class_ap.png",
-                          f"per-class AP, {report['mode']} on {report['datasets']['test']['name']} ({name})")
-        prob, exclusive, _ = class_similarity(test_features, test_targets)
-        plot_class_similarity(prob, exclusive, class_names, out_dir / "class_similarity.png",
-                              f"class-embedding similarity, {report['datasets']['test']['name']} ({name})")
+        write_figures(out_dir, safe, class_names, test_features, test_targets)
     return safe
 
 
+def write_figures(out_dir: Path, report: dict, class_names: Sequence[str], test_features: Tensor,
+                  test_targets: Tensor) -> None:
+    from mlcdist.eval import figures
+    from mlcdist.eval.compare import encoder
+
+    subject = figures.RANDOM_NOTE if report.get("random_init") else encoder(report)
+    what = f"{report['mode']}{' transfer' if report.get('transfer') else ''}"
+    test = report["datasets"]["test"]["name"]
+    figures.plot_per_class_ap(report["per_class_ap"], report.get("test_positives", {}),
+                              out_dir / "per_class_ap.png", f"per-class test AP on {test}, {what} probe of\n{subject}"
+                              if report["mode"] == "linear" else f"per-class test AP on {test}, {what} of\n{subject}")
+    cos, exclusive, _ = figures.class_cosine(test_features, test_targets)
+    figures.plot_class_similarity(cos, exclusive, class_names, out_dir / "class_similarity.png",
+                                  f"class-embedding similarity on {test}, "
+                                  f"{'finetuned' if report['mode'] == 'finetune' else 'frozen'} features of\n{subject}")
+    if report.get("history"):
+        figures.plot_curves(report["history"], report["selected_epoch"], report["select_metric"],
+                            out_dir / "curves.png", f"{what}{' probe' if report['mode'] == 'linear' else ''} of "
+                            f"{subject}; train {report['datasets']['train']['name']}, validation "
+                            f"{report['datasets'].get('val', {}).get('name', '?')}")

@@ -175,5 +175,5 @@ def run_eval(args: argparse.Namespace) -> Optional[dict]:
     safe = write_outputs(job, result, plots=not args.no_plots)
     console.print(rich_table(safe))
     console.print(f"wrote {job.out / 'metrics.json'}, metrics.md" + ("" if args.no_plots else
-                  ", per_class_ap.png, class_similarity.png"))
+                  ", per_class_ap.png, class_similarity.png, curves.png"))
     return safe
