@@ -61,7 +61,7 @@ def decode_only(location: str, limit: int, min_side: int) -> tuple[float, float,
     _, shards = resolve(location)
     blobs: list[bytes] = []
     for url, size in zip(shards.urls, shards.sizes):
-        blobs += [s["jpg"] for _, s in read_shard(url, 0, min(size, limit - len(blobs))) if s is not None]
+        blobs += [s["jpg"] for _, s in read_shard(url, 0, min(size, limit - len(blobs))) if isinstance(s, dict)]
         if len(blobs) >= limit:
             break
     start = time.perf_counter()

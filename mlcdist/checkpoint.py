@@ -24,6 +24,9 @@ queue           the labelled key queue; ``scaler``: fp16 loss scaler (``{}`` if 
 counters        ``{"step", "epoch", "micro"}``; ``world_size``: processes of the run
 config          the resolved recipe as YAML text (architecture, loss, data, ...)
 num_classes     classes of the training set; ``feature_dim``: vector width (None for images)
+class_names     the training set's class names; ``dataset``: its name (both absent in
+                checkpoints written before they were added: eval then reads the pretraining
+                ``data.train`` index when it is there)
 ==============  ==============================================================================
 """
 

@@ -32,7 +32,9 @@ class DataConfig:
 
     ``train``/``val``/``test`` are shard folders holding ``dataset.json`` (or any URL/brace
     pattern webdataset opens, with ``dataset.json`` beside it). ``batch_size`` is per process:
-    the global batch is ``batch_size x world_size x optim.grad_accum``.
+    the global batch is ``batch_size x world_size x optim.grad_accum``. A shard that delivers
+    fewer samples than ``dataset.json`` promises stops the run, naming the shard, unless
+    ``allow_missing`` (then its missing samples are skipped and counted, like corrupt ones).
     ``max_skipped_fraction``: the largest share of an epoch's samples (all ranks) that may be
     corrupt or missing (skipped, their batch slots refilled) before training stops with an error.
     """
@@ -46,6 +48,7 @@ class DataConfig:
     resampled: bool = False
     seed: int = 0
     max_skipped_fraction: float = 0.01
+    allow_missing: bool = False
 
     def validate(self) -> None:
         _positive(self, "batch_size")
@@ -272,7 +275,9 @@ class EvalConfig:
     finetune lr 1e-4 with backbone at ``backbone_lr``, reduce-on-plateau x0.1).
 
     ``transfer``: evaluate on another dataset than the pretraining one (``data.*`` must name
-    its shards; its class count may differ from the checkpoint's). See ``docs/eval.md``.
+    its shards; its class count may differ from the checkpoint's). ``standardize``: the linear
+    probe trains on features standardised with the train split's mean and std (the saved head
+    is folded back to act on raw features). See ``docs/eval.md``.
     """
 
     mode: Literal["linear", "finetune"] = "linear"
@@ -287,6 +292,7 @@ class EvalConfig:
     val_fraction: float = 0.1
     select_metric: str = "mAP"
     seed: int = 0
+    standardize: bool = True
 
     def validate(self) -> None:
         _positive(self, "epochs")

@@ -147,3 +147,26 @@ def load_dataset_info(location: str | Path) -> DatasetInfo:
     if len(info.class_names) != info.num_classes:
         raise DatasetError(f"{path}: class_names has {len(info.class_names)} names, num_classes is {info.num_classes}")
     return info
+
+
+def split_info(key: str, location: str) -> DatasetInfo:
+    """``dataset.json`` of the split that recipe key ``key`` (``data.train``...) names, read before
+    any torch-heavy work; a missing or broken index is one :class:`MlcdistError` naming the key,
+    the expected file and the converter call."""
+    if not location:
+        raise MlcdistError(f"{key}: no shard folder named; set {key} in the recipe or as {key}=PATH")
+    # a shard URL or brace pattern has its dataset.json in the folder above (data.pipeline.resolve)
+    pattern = location.endswith(".tar") or "{" in location
+    folder = (location.rsplit("/", 1)[0] if "/" in location else ".") if pattern else location
+    try:
+        return load_dataset_info(folder)
+    except FileNotFoundError:
+        raise MlcdistError(
+            f"{key}: {index_location(folder)[1]} not found; make the shards first, e.g. "
+            f"`python -m tools.make_shards digits --out shards/digits` for the demo, or "
+            f"`python -m tools.make_shards SOURCE ... --out {location}` "
+            "(see python -m tools.make_shards --help)") from None
+    except MlcdistError:
+        raise
+    except ValueError as err:  # malformed index: the message names the file
+        raise MlcdistError(f"{key}: {err}") from None

@@ -50,7 +50,8 @@ from mlcdist.data import gpu_augment
 from mlcdist.data.batch import PretrainBatch, views_to_device
 from mlcdist.data.info import DatasetError, DatasetInfo, join_url, load_dataset_info
 from mlcdist.data.plan import PlanMode, batches_per_rank, plan_worker
-from mlcdist.data.records import LABELS_MEMBER, decode_labels, decode_vector, read_shard
+from mlcdist.data.records import LABELS_MEMBER, Shortfall, decode_labels, decode_vector, read_shard
+from mlcdist.errors import MlcdistError
 from mlcdist.parallel.collectives import world
 from mlcdist.seeds import mix_seed, sample_seeds
 
@@ -196,7 +197,7 @@ class ShardStream(IterableDataset):
 
     def _decode(self, index: int, sample: Optional[dict]) -> Optional[tuple[Any, list[int]]]:
         """(image or vector, labels) or None (counted, warned) when the sample is unusable."""
-        if sample is None:
+        if not isinstance(sample, dict):  # padding (None) or a Shortfall
             return None
         try:
             labels = decode_labels(sample[LABELS_MEMBER], self.info.num_classes)
@@ -227,6 +228,12 @@ class ShardStream(IterableDataset):
         return aug.vector_views(x, seeds, self.augment.mask_ratio, count) if count == 2 else (x,)
 
     def _batch(self, chunk: list[tuple[int, Optional[dict]]]) -> dict:
+        batch = self._assemble(chunk)
+        # the first shortfall in this batch, as text: the main process decides (Loader.__iter__)
+        batch["shortfall"] = next((str(s) for _, s in chunk if isinstance(s, Shortfall)), "")
+        return batch
+
+    def _assemble(self, chunk: list[tuple[int, Optional[dict]]]) -> dict:
         decoded = [self._decode(i, s) for i, s in chunk]
         good = [k for k, d in enumerate(decoded) if d is not None]
         skipped = sum(1 for (i, _), d in zip(chunk, decoded) if d is None and i >= 0)
@@ -285,6 +292,12 @@ class Loader:
     def __len__(self) -> int:
         return self.stream.batches
 
+    def _check_shortfall(self, shortfall: str) -> None:
+        if shortfall and not self.stream.data.allow_missing:
+            raise ShardShortfallError(
+                f"{shortfall}; re-convert the shard (python -m tools.make_shards ... and its verify), "
+                "or set data.allow_missing=true to go on without its samples (counted as skipped)")
+
     @property
     def epoch(self) -> int:
         return self.stream.epoch
@@ -306,6 +319,7 @@ class Loader:
         before = self.skipped
         try:
             for batch in loader:
+                self._check_shortfall(batch.pop("shortfall"))
                 self.skipped += int(batch.pop("skipped"))
                 if "views" in batch:  # DataLoader's default_convert turns the tuple into a list
                     batch["views"] = tuple(batch["views"])
@@ -316,6 +330,10 @@ class Loader:
         if self.skipped > before:
             log.warning("epoch %d, rank %d: %d corrupt or missing samples skipped (batch count unchanged)",
                         self.epoch, self.stream.rank, self.skipped - before)
+
+
+class ShardShortfallError(MlcdistError):
+    """A shard delivered fewer samples than ``dataset.json`` promises (and no ``data.allow_missing``)."""
 
 
 def ignore_stop_signals(worker_id: int) -> None:

@@ -114,12 +114,26 @@ def read_tar(path: Path) -> dict[str, dict[str, bytes]]:
     return samples
 
 
-def read_shard(url: str, start: int, stop: int) -> Iterator[tuple[int, Optional[dict]]]:
+@dataclass(frozen=True)
+class Shortfall:
+    """Stands in for each sample a shard did not deliver (``read_shard``); the loader stops on
+    the first one unless ``data.allow_missing`` (then they are holes, counted in ``skipped``)."""
+
+    url: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.url}: {self.reason}"
+
+
+def read_shard(url: str, start: int, stop: int) -> Iterator[tuple[int, Optional[dict] | Shortfall]]:
     """Yield exactly ``(pos, raw sample)`` for ``pos`` in ``[start, stop)`` of one tar shard, raw
-    bytes undecoded; positions the shard cannot deliver (unreadable, too short) come as ``None``."""
+    bytes undecoded; positions the shard cannot deliver (unreadable, too short) come as one
+    :class:`Shortfall` naming the shard."""
     from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
     pos = 0
+    short = None
     try:
         for sample in group_by_keys(tar_file_expander(url_opener([{"url": url}]))):
             if pos >= stop:
@@ -128,9 +142,10 @@ def read_shard(url: str, start: int, stop: int) -> Iterator[tuple[int, Optional[
                 yield pos, sample
             pos += 1
         if pos < stop:
-            log.warning("%s: has %d samples, dataset.json promises at least %d; re-run the converter",
-                        url, pos, stop)
+            short = Shortfall(url, f"has {pos} samples, dataset.json promises at least {stop}")
     except Exception as err:  # a broken shard must not hang the other ranks: its rest becomes holes
-        log.warning("%s: unreadable after sample %d (%s); its remaining samples are skipped", url, pos, err)
+        short = Shortfall(url, f"unreadable after sample {pos} ({err})")
+    if short is not None:
+        log.warning("%s; its missing samples are skipped", short)
     for missing in range(max(pos, start), stop):
-        yield missing, None
+        yield missing, short

@@ -1,23 +1,34 @@
 """Evaluation of pretrained encoders: ``python -m mlcdist.eval CHECKPOINT`` (see ``docs/eval.md``).
 
 - ``recipe``: checkpoint recipe <- eval recipe <- flags <- overrides, compatibility checks;
-- ``run``: one evaluation (encoder, features or finetune, outputs); ``__main__`` the thin CLI;
+- ``run``: one evaluation (encoder, features or finetune, outputs); ``__main__`` the thin CLI
+  (sub-commands ``run``, the default, and ``compare``);
 - ``features``: checkpoint loading (format: ``mlcdist/checkpoint.py``), distributed feature
   extraction, the cache;
 - ``probe``: linear probe on cached features, finetuning, validation-based epoch selection;
-- ``report``: metrics.json / metrics.md / rich tables, per-class AP and class-similarity plots,
-  ``compare``.
+- ``report``: metrics.json / metrics.md / rich tables; ``figures``: the PNG plots;
+  ``compare``: several eval runs side by side.
+
+The names below are imported on first use (PEP 562), so that ``python -m mlcdist.eval --help``,
+which imports this package first, does not load torch.
 """
 
-from mlcdist.eval.features import (
-    Checkpoint, EvalInputError, FeatureSet, carve_validation, collect, extract_features,
-    load_checkpoint, resolve_checkpoint,
-)
-from mlcdist.eval.probe import ProbeResult, finetune, train_linear_probe
-from mlcdist.eval.report import build_report, class_similarity, compare_table, score_report, write_report
+from importlib import import_module
 
-__all__ = [
-    "Checkpoint", "EvalInputError", "build_report", "FeatureSet", "ProbeResult", "carve_validation",
-    "class_similarity", "collect", "compare_table", "extract_features", "finetune",
-    "load_checkpoint", "resolve_checkpoint", "score_report", "train_linear_probe", "write_report",
-]
+_HOMES = {
+    "Checkpoint": "features", "EvalInputError": "features", "FeatureSet": "features",
+    "carve_validation": "features", "collect": "features", "extract_features": "features",
+    "load_checkpoint": "features", "resolve_checkpoint": "features",
+    "ProbeResult": "probe", "finetune": "probe", "train_linear_probe": "probe",
+    "build_report": "report", "score_report": "report", "write_report": "report",
+    "class_similarity": "figures", "compare_table": "compare",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'mlcdist.eval' has no attribute {name!r}")
+    value = getattr(import_module(f"mlcdist.eval.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value

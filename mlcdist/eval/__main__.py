@@ -1,47 +1,43 @@
-"""Evaluate a pretraining checkpoint: linear probe, finetune or transfer; compare runs.
+"""Evaluate a pretraining checkpoint (linear probe, finetune, transfer) and compare eval runs.
 
-    python -m mlcdist.eval CHECKPOINT [--recipe EVAL.yaml] [options] [dotted.key=value ...]
-    python -m mlcdist.eval compare RUN_A RUN_B ...
+    python -m mlcdist.eval [run] CHECKPOINT [--recipe EVAL.yaml] [options] [dotted.key=value ...]
+    python -m mlcdist.eval compare RUN_A RUN_B ... [--plot FILE]
     accelerate launch --config_file recipes/accelerate/ddp.yaml -m mlcdist.eval CHECKPOINT ...
 
-The recipe is the checkpoint's own (resolved pretraining recipe), updated by ``--recipe`` (a
-normal recipe file; its ``eval:`` section is :class:`mlcdist.config.EvalConfig`), then by the
-flags, then by ``key=value`` overrides. The architecture always comes from the checkpoint.
-Splits named on the eval side replace the checkpoint's one by one; with ``eval.transfer`` they
-all come from the eval side (a transfer never mixes in the pretraining dataset's splits).
-See ``docs/eval.md``.
+``run`` is the default command: a first argument that is not a command name is a checkpoint.
+Every command is one :class:`Command` in :data:`COMMANDS` (its arguments, and the
+``module:function`` that receives the parsed arguments, imported only when the command runs),
+so ``--help`` and argument errors never import torch. See ``docs/eval.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 from mlcdist.cli import command
-from mlcdist.eval.recipe import SPLITS
-from mlcdist.eval.report import compare_table
+
+PROG = "python -m mlcdist.eval"
+SPLITS = ("train", "val", "test")  # = mlcdist.eval.recipe.SPLITS (not imported: it loads torch)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m mlcdist.eval", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Turn a pretraining checkpoint into test metrics: linear probe (frozen backbone, "
-                    "projection head dropped), finetune, or transfer to another dataset. Model "
-                    "selection on validation (carved from train when the dataset has none); the test "
-                    "metrics of the selected epoch are reported under the clean, validation-tuned and "
-                    "(optimistic) paper protocols. Runs side by side: "
-                    "python -m mlcdist.eval compare RUN_A RUN_B ...",
-        epilog="examples:\n"
-               "  python -m mlcdist.eval runs/demo\n"
-               "  python -m mlcdist.eval runs/demo --random-init          # random-encoder baseline\n"
-               "  python -m mlcdist.eval runs/coco --recipe recipes/eval/coco_probe.yaml eval.epochs=50\n"
-               "  python -m mlcdist.eval runs/coco --recipe recipes/eval/coco_to_voc.yaml   # transfer\n"
-               "  python -m mlcdist.eval runs/yeast --recipe recipes/eval/vector_finetune.yaml\n"
-               "  accelerate launch --config_file recipes/accelerate/ddp.yaml -m mlcdist.eval runs/coco \\\n"
-               "      --mode finetune\n"
-               "  python -m mlcdist.eval compare runs/demo/eval/linear runs/demo/eval/linear-random\n"
-               "see docs/eval.md")
+@dataclass(frozen=True)
+class Command:
+    """A sub-command: ``configure(parser)`` adds its arguments; ``handler`` is
+    ``"module:function"``, called with the parsed ``argparse.Namespace``; an ``int`` it returns
+    is the exit code, anything else means 0."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    handler: str
+    epilog: str = ""
+
+
+def configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="run folder, RUN/checkpoints, a step-NNNNNNNN folder, its state.pt, "
                                       "or 'random' (random encoder; needs --recipe)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -50,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="eval recipe (a normal recipe; its eval: section holds the settings)")
     p.add_argument("--mode", choices=("linear", "finetune"), help="eval.mode (default linear)")
     p.add_argument("--transfer", action="store_true",
-                   help="eval.transfer=true: evaluate on another dataset (name it with --train/--test)")
+                   help="eval.transfer=true: evaluate on another dataset (name it with --train/--test); "
+                        "needed whenever the data's classes differ from the checkpoint's")
     for split in SPLITS:
         p.add_argument(f"--{split}", metavar="SHARDS", help=f"data.{split} shard folder")
     p.add_argument("--random-init", action="store_true",
@@ -61,30 +58,79 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features-only", action="store_true",
                    help="extract (and cache) the features of every split, then stop")
     p.add_argument("--print-config", action="store_true", help="print the resolved eval recipe and exit")
-    return p
 
 
-def compare_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m mlcdist.eval compare",
-                                description="Print the test metrics of eval runs side by side.")
+def configure_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", help="eval run folders (holding metrics.json) or metrics.json files")
-    args = p.parse_args(argv)
-    from rich.console import Console
+    p.add_argument("--plot", metavar="FILE.png", help="also draw the test metrics side by side into FILE.png")
 
-    Console().print(compare_table(args.runs))  # a bad folder: MlcdistError -> one error line
-    return 0
+
+RUN_EPILOG = (
+    "examples:\n"
+    f"  {PROG} runs/demo\n"
+    f"  {PROG} runs/demo --random-init          # random-encoder baseline\n"
+    f"  {PROG} runs/coco --recipe recipes/eval/coco_probe.yaml eval.epochs=50\n"
+    f"  {PROG} runs/coco --recipe recipes/eval/coco_to_voc.yaml   # transfer\n"
+    f"  {PROG} runs/yeast --recipe recipes/eval/vector_finetune.yaml\n"
+    "  accelerate launch --config_file recipes/accelerate/ddp.yaml -m mlcdist.eval runs/coco \\\n"
+    "      --mode finetune\n"
+    "see docs/eval.md")
+
+COMMANDS: list[Command] = [
+    Command("run", "evaluate a checkpoint: linear probe, finetune or transfer (the default command)",
+            configure_run, "mlcdist.eval.run:run_eval", RUN_EPILOG),
+    Command("compare", "print the test metrics of eval runs side by side (and plot them with --plot)",
+            configure_compare, "mlcdist.eval.compare:compare_command",
+            f"example:\n  {PROG} compare runs/demo/eval/linear runs/demo/eval/linear-random --plot cmp.png"),
+]
+DEFAULT_COMMAND = "run"
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser (its help lists the commands) and each command's parser."""
+    top = argparse.ArgumentParser(
+        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Turn a pretraining checkpoint into test metrics: linear probe (frozen backbone, "
+                    "projection head dropped), finetune, or transfer to another dataset. Model "
+                    "selection on validation (carved from train when the dataset has none); the test "
+                    "metrics of the selected epoch are reported under the clean, validation-tuned and "
+                    f"(optimistic) paper protocols. `{PROG} CHECKPOINT ...` is short for "
+                    f"`{PROG} run CHECKPOINT ...`; `{PROG} COMMAND --help` shows a command's options.",
+        epilog="examples:\n"
+               f"  {PROG} runs/demo\n"
+               f"  {PROG} runs/demo --random-init\n"
+               f"  {PROG} compare runs/demo/eval/linear runs/demo/eval/linear-random\n"
+               "see docs/eval.md")
+    sub = top.add_subparsers(title="commands", metavar="COMMAND", dest="command")
+    parsers = {}
+    for cmd in COMMANDS:
+        parsers[cmd.name] = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help[:1].upper() + cmd.help[1:],
+                                           epilog=cmd.epilog or None,
+                                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        cmd.configure(parsers[cmd.name])
+    return top, parsers
+
+
+def handler(cmd: Command) -> Callable[[argparse.Namespace], Optional[int]]:
+    module, function = cmd.handler.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 @command
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["compare"]:
-        return compare_main(argv[1:])
-    args = build_parser().parse_intermixed_args(argv)
-    from mlcdist.eval.run import run_eval
-
-    run_eval(args)
-    return 0
+    top, parsers = build_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        if not argv:
+            top.error(f"name a checkpoint ({PROG} CHECKPOINT) or a command: {', '.join(parsers)}")
+        top.parse_args(argv)  # prints the help and exits
+    name = argv[0] if argv[0] in parsers else DEFAULT_COMMAND
+    rest = argv[1:] if argv[0] in parsers else argv
+    # intermixed: overrides may come before or after the options (argparse's sub-parsers cannot)
+    args = parsers[name].parse_intermixed_args(rest)
+    cmd = next(c for c in COMMANDS if c.name == name)
+    code = handler(cmd)(args)
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -56,6 +56,8 @@ class Checkpoint:
     arch: str
     loss: str
     backbone_state: dict[str, Tensor]
+    class_names: Optional[list[str]] = None  # None: not recorded and the pretraining index is gone
+    dataset: str = "?"  # the pretraining data set's name (or its data.train location)
 
     @property
     def run_dir(self) -> Path:
@@ -82,11 +84,27 @@ def load_checkpoint(location: str | Path) -> Checkpoint:
     if not backbone:
         raise EvalInputError(f"{path}: the model state holds no backbone.* weights")
     recipe = yaml.safe_load(state["config"]) or {}
+    names, dataset = pretraining_classes(state, recipe)
     return Checkpoint(path=path, recipe=recipe, num_classes=int(state["num_classes"]),
                       feature_dim=None if state["feature_dim"] is None else int(state["feature_dim"]),
                       arch=str(recipe.get("model", {}).get("arch", state.get("arch"))),
                       loss=str(recipe.get("loss", {}).get("kind", state.get("loss"))),
-                      backbone_state=backbone)
+                      backbone_state=backbone, class_names=names, dataset=dataset)
+
+
+def pretraining_classes(state: dict, recipe: dict) -> tuple[Optional[list[str]], str]:
+    """``(class names, data set name)`` of the pretraining data: from the checkpoint, else (older
+    checkpoints) from the pretraining ``data.train`` index when it is still readable."""
+    if state.get("class_names") is not None:
+        return [str(n) for n in state["class_names"]], str(state.get("dataset", "?"))
+    from mlcdist.data.info import load_dataset_info
+
+    location = str(recipe.get("data", {}).get("train", ""))
+    try:
+        info = load_dataset_info(location) if location else None
+    except (OSError, ValueError):
+        info = None
+    return (list(info.class_names), info.name) if info else (None, location or "?")
 
 
 def load_backbone_state(backbone: nn.Module, ckpt: Checkpoint, arch: str) -> None:

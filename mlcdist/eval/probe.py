@@ -12,7 +12,14 @@ epoch are kept. The test split is scored once, with those weights: test data nev
 in a decision.
 
 - ``linear``: backbone frozen, head dropped; ``nn.Linear(D, C)`` trained on cached features
-  (mini-batches of ``eval.batch_size``, reshuffled every epoch with ``eval.seed``).
+  (mini-batches of ``eval.batch_size``, reshuffled every epoch with ``eval.seed``), standardised
+  with the train rows' mean and std (``eval.standardize``, as MAE's BatchNorm without affine): a
+  linear model over them is the same family, but Adam at ``eval.lr`` then behaves alike for an
+  encoder whose features are of size 1e-3 or 1e3 (a random ResNet's). The saved head is folded
+  back (``W / s``, ``b - W mu / s``) to act on raw features.
+
+Both modes warn (``ProbeResult.warnings``, into ``metrics.json``) when the training loss diverges
+(:func:`divergence_warning`).
 - ``finetune``: backbone + a new linear layer trained end to end; parameter groups
   ``backbone`` at ``eval.backbone_lr`` and ``head`` at ``eval.lr``. The input is the eval view
   (resize + centre crop; raw vectors), no augmentation, in dataset order.
@@ -32,6 +39,7 @@ from torch import Tensor, nn
 from mlcdist.config import ConfigError, EvalConfig
 from mlcdist.eval.features import FeatureSet, collect
 from mlcdist.metrics import METRICS, multilabel_metrics
+from mlcdist.models.moco import SupervisedModel
 from mlcdist.parallel import (
     Strategy, all_reduce_sum, backward_and_step, full_state_dict, inner_optimizer, prepare_replicated, unwrap,
     world,
@@ -96,6 +104,39 @@ class ProbeResult:
     test_targets: Tensor
     test_features: Tensor
     head_state: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def divergence_warning(history: list[dict], what: str, fix: str) -> Optional[str]:
+    """A warning when the training loss went non-finite, rose (ended above its first epoch's or
+    at more than 1.5x its lowest) or ended above ln 2, the loss of predicting 0.5 for every label
+    (which a zero-initialised head starts near); None when it behaved. ``fix`` ends the message."""
+    losses = [h["train_loss"] for h in history]
+    if not losses:
+        return None
+    finite = [v for v in losses if math.isfinite(v)]
+    low = min(finite) if finite else math.nan
+    last, first = losses[-1], losses[0]
+    rose = len(losses) > 1 and (last > first or last > 1.5 * low)
+    if len(finite) == len(losses) and not rose and last <= math.log(2):
+        return None
+    best_epoch = history[losses.index(low)]["epoch"] if finite else None
+    return (f"{what}: the training loss diverged (epoch 1 {first:.4g}, lowest {low:.4g}"
+            f"{f' at epoch {best_epoch}' if best_epoch else ''}, last {last:.4g} at epoch "
+            f"{history[-1]['epoch']}; predicting 0.5 for every label scores ln 2 = 0.693); {fix}")
+
+
+def standardizer(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(mean, std)`` over rows; a constant column gets std 1 (it stays 0 after centring)."""
+    mean = x.mean(0)
+    std = x.std(0, unbiased=False)
+    return mean, torch.where(std > 1e-8 * std.max().clamp(min=1e-30), std, torch.ones_like(std))
+
+
+def fold_standardizer(state: dict, mean: Tensor, std: Tensor) -> dict:
+    """The head on standardised features as one on raw ones: ``W (x - m) / s + b``."""
+    weight = state["weight"] / std
+    return {"weight": weight, "bias": state["bias"] - weight @ mean}
 
 
 def _val_summary(logits: Tensor, targets: Tensor) -> tuple[float, dict]:
@@ -107,7 +148,10 @@ def train_linear_probe(train: FeatureSet, val: FeatureSet, test: FeatureSet, cfg
                        device: torch.device, log: Callable[[str], None] = lambda _: None) -> ProbeResult:
     """Frozen features -> ``nn.Linear`` with Adam + BCE (module docstring)."""
     x, y = train.features.to(device), train.labels.to(device)
-    xv, yv = val.features.to(device), val.labels.to(device)
+    xv, yv, xt = val.features.to(device), val.labels.to(device), test.features.to(device)
+    if cfg.standardize:
+        mean, std = standardizer(x)
+        x, xv, xt = ((v - mean) / std for v in (x, xv, xt))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         head = nn.Linear(x.shape[1], y.shape[1]).to(device)
@@ -137,26 +181,16 @@ def train_linear_probe(train: FeatureSet, val: FeatureSet, test: FeatureSet, cfg
     head.load_state_dict(best)
     with torch.no_grad():
         val_scores = torch.sigmoid(head(xv)).cpu()
-        test_scores = torch.sigmoid(head(test.features.to(device))).cpu()
+        test_scores = torch.sigmoid(head(xt)).cpu()
+    if cfg.standardize:
+        best = fold_standardizer(best, mean, std)
+    warning = divergence_warning(selector.history, "linear probe", "lower eval.lr" + (
+        "" if cfg.standardize else " or set eval.standardize=true"))
+    if warning:
+        log(f"[bold yellow]warning:[/] {warning}")
     return ProbeResult(selector.best_epoch, len(selector.history), selector.history, val_scores,
                        val.labels, test_scores, test.labels, test.features,
-                       {k: v.cpu() for k, v in best.items()})
-
-
-class Classifier(nn.Module):
-    """Backbone + new linear layer; ``forward`` gives logits, ``features_and_logits`` both."""
-
-    def __init__(self, backbone: nn.Module, width: int, num_classes: int):
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(width, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.backbone(x))
-
-    def features_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.backbone(x)
-        return h, self.head(h)
+                       {k: v.cpu() for k, v in best.items()}, [warning] if warning else [])
 
 
 @dataclass
@@ -178,10 +212,10 @@ def finetune(acc, strategy: Strategy, backbone: nn.Module, width: int, num_class
     device = acc.device
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = Classifier(backbone, width, num_classes)
+        model = SupervisedModel(backbone, width, num_classes)  # backbone + new linear layer
     optimizer = torch.optim.Adam([
         {"params": model.backbone.parameters(), "lr": cfg.backbone_lr},
-        {"params": model.head.parameters(), "lr": cfg.lr},
+        {"params": model.classifier.parameters(), "lr": cfg.lr},
     ], weight_decay=cfg.weight_decay)
     model.to(device)
     model, optimizer = prepare_replicated(acc, strategy, model, optimizer, what="eval.mode=finetune")
@@ -239,5 +273,9 @@ def finetune(acc, strategy: Strategy, backbone: nn.Module, width: int, num_class
         _, val_logits, val_targets = score(val_loader, data.val_mask)
         val_scores = torch.sigmoid(val_logits)
     test_feats, test_logits, test_targets = score(data.test, None)
+    warning = divergence_warning(selector.history, "finetune", "lower eval.lr / eval.backbone_lr")
+    if warning:
+        log(f"[bold yellow]warning:[/] {warning}")
     return ProbeResult(selector.best_epoch, len(selector.history), selector.history, val_scores,
-                       val_targets, torch.sigmoid(test_logits), test_targets, test_feats)
+                       val_targets, torch.sigmoid(test_logits), test_targets, test_feats,
+                       warnings=[warning] if warning else [])

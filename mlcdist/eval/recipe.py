@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from mlcdist.config import RecipeConfig, apply_overrides, from_dict, load_raw, merge
-from mlcdist.data.info import DatasetInfo, index_location, load_dataset_info
+from mlcdist.data.info import DatasetInfo, split_info
 from mlcdist.eval.features import Checkpoint, EvalInputError
 
 SPLITS = ("train", "val", "test")
@@ -52,21 +52,8 @@ def split_infos(cfg: RecipeConfig) -> dict[str, DatasetInfo]:
     if not cfg.data.test:
         raise EvalInputError("data.test: no test split named; results are reported on a test split, "
                              "set data.test in the eval recipe or with --test")
-    infos = {}
-    for split in SPLITS:
-        location = getattr(cfg.data, split)
-        if not location:
-            continue
-        try:
-            infos[split] = load_dataset_info(location)
-        except FileNotFoundError:
-            expected = index_location(location)[1]
-            raise EvalInputError(
-                f"data.{split}: {expected} not found; make the shards first, e.g. "
-                f"`python -m tools.make_shards digits --out shards/digits` for the demo, or "
-                f"`python -m tools.make_shards SOURCE ... --out {location}` "
-                "(see python -m tools.make_shards --help)") from None
-    return infos
+    return {split: split_info(f"data.{split}", getattr(cfg.data, split))
+            for split in SPLITS if getattr(cfg.data, split)}
 
 
 def check_compatible(cfg: RecipeConfig, ckpt: Optional[Checkpoint], infos: dict[str, DatasetInfo]) -> None:
@@ -95,11 +82,43 @@ def check_compatible(cfg: RecipeConfig, ckpt: Optional[Checkpoint], infos: dict[
     if vector and ckpt.feature_dim != train.feature_dim:
         raise EvalInputError(f"{ckpt.path}: the encoder takes {ckpt.feature_dim}-d vectors, but "
                              f"{cfg.data.train} ({train.name}) holds {train.feature_dim}-d vectors")
-    if not cfg.eval.transfer and ckpt.num_classes != train.num_classes:
+    if not cfg.eval.transfer:
+        check_same_classes(cfg, ckpt, train)
+
+
+def check_same_classes(cfg: RecipeConfig, ckpt: Checkpoint, train: DatasetInfo) -> None:
+    """Without ``eval.transfer`` the data must have the pretraining data's classes (count and
+    names, in order: a linear layer's row ``c`` means class ``c``)."""
+    fix = ("evaluate on the pretraining data set, or pass --transfer (eval.transfer=true) to "
+           "probe/finetune on another one")
+    if ckpt.num_classes != train.num_classes:
         raise EvalInputError(
-            f"class count mismatch: {ckpt.path} was pretrained on {ckpt.num_classes} classes, but "
-            f"{cfg.data.train} ({train.name}) has {train.num_classes}; evaluate on the pretraining "
-            "dataset, or pass --transfer (eval.transfer=true) to probe/finetune on another one")
+            f"class count mismatch: {ckpt.path} was pretrained on {ckpt.num_classes} classes "
+            f"({ckpt.dataset}), but data.train {cfg.data.train} ({train.name}) has {train.num_classes}; {fix}")
+    names = ckpt.class_names
+    if names is None or list(names) == list(train.class_names):
+        return
+    only_ckpt = [n for n in names if n not in train.class_names]
+    only_data = [n for n in train.class_names if n not in names]
+    differ = (f"only in {ckpt.dataset}: {', '.join(only_ckpt[:5])}; only in {train.name}: "
+              f"{', '.join(only_data[:5])}" if only_ckpt or only_data else "the same names in another order")
+    raise EvalInputError(
+        f"class names differ: {ckpt.path} was pretrained on {ckpt.dataset}, data.train {cfg.data.train} "
+        f"is {train.name} ({differ}); {fix}")
+
+
+def data_warnings(cfg: RecipeConfig, infos: dict[str, DatasetInfo]) -> list[str]:
+    """Settings that run but mislead: a test split that is the training split."""
+    train, test = infos["train"], infos["test"]
+    same_place = Path(cfg.data.train).resolve() == Path(cfg.data.test).resolve() \
+        if "://" not in cfg.data.train + cfg.data.test else cfg.data.train == cfg.data.test
+    # copies of one split (same shard hashes) in two folders count too
+    same_shards = all(s.sha256 for s in train.shards) and \
+        [(s.file, s.sha256) for s in train.shards] == [(s.file, s.sha256) for s in test.shards]
+    if same_place or same_shards:
+        return [f"data.test is data.train ({cfg.data.test}, {test.name}): the test metrics measure the "
+                "fit to the training data, not generalisation; name a held-out split with --test"]
+    return []
 
 
 def output_dir(args: argparse.Namespace, cfg: RecipeConfig, ckpt: Optional[Checkpoint],

@@ -23,7 +23,9 @@ from mlcdist.eval.features import (
     extract_features, load_backbone_state, load_checkpoint,
 )
 from mlcdist.eval.probe import FinetuneData, ProbeResult, check_select_metric, finetune, train_linear_probe
-from mlcdist.eval.recipe import check_compatible, flag_overrides, output_dir, resolve_recipe, split_infos
+from mlcdist.eval.recipe import (
+    check_compatible, data_warnings, flag_overrides, output_dir, resolve_recipe, split_infos,
+)
 from mlcdist.eval.report import build_report, rich_table, write_report
 
 
@@ -39,6 +41,7 @@ class EvalJob:
     acc: object
     val_mask: Optional[torch.Tensor]
     log: Callable[[str], None]
+    warnings: list[str] = dataclasses.field(default_factory=list)  # the data's (recipe.data_warnings)
 
     def loader(self, split: str):
         from mlcdist.data.cpus import cap_num_workers
@@ -115,7 +118,8 @@ def write_outputs(job: EvalJob, result: ProbeResult, plots: bool) -> dict:
         result, cfg.eval, train.class_names, mode=cfg.eval.mode, transfer=cfg.eval.transfer,
         random_init=job.random_init, checkpoint="random" if ckpt is None else str(ckpt.path),
         pretrain_data=ckpt.recipe.get("data", {}).get("train") if ckpt else None, datasets=datasets,
-        num_rows={"train": num_train, "val": len(result.val_scores), "test": len(result.test_scores)})
+        num_rows={"train": num_train, "val": len(result.val_scores), "test": len(result.test_scores)},
+        warnings=job.warnings)
     job.out.mkdir(parents=True, exist_ok=True)
     (job.out / "config.yaml").write_text(dump_yaml(cfg))
     if result.head_state:
@@ -152,7 +156,9 @@ def run_eval(args: argparse.Namespace) -> Optional[dict]:
     val_mask = None if "val" in infos else carve_validation(infos["train"].num_samples, cfg.eval.val_fraction,
                                                              cfg.eval.seed)
     job = EvalJob(cfg, ckpt, infos, random_init, output_dir(args, cfg, ckpt, random_init, infos["train"]),
-                  acc, val_mask, console.print)
+                  acc, val_mask, console.print, data_warnings(cfg, infos))
+    for warning in job.warnings:
+        console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True)
     backbone, width = build_encoder(job)
     console.print(f"[bold]mlcdist.eval[/] {cfg.eval.mode}{' transfer' if cfg.eval.transfer else ''} of "
                   f"{'a random encoder' if random_init else ckpt.path} on {infos['train'].name} "
@@ -169,5 +175,5 @@ def run_eval(args: argparse.Namespace) -> Optional[dict]:
     safe = write_outputs(job, result, plots=not args.no_plots)
     console.print(rich_table(safe))
     console.print(f"wrote {job.out / 'metrics.json'}, metrics.md" + ("" if args.no_plots else
-                  ", per_class_ap.png, class_similarity.png"))
+                  ", per_class_ap.png, class_similarity.png, curves.png"))
     return safe

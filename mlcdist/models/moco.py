@@ -124,7 +124,9 @@ class ContrastiveModel(nn.Module):
 
 
 class SupervisedModel(nn.Module):
-    """The paper's BCE baseline: backbone + Linear(feat, num_classes); returns logits."""
+    """Backbone + Linear(feat, num_classes); returns logits. The paper's BCE baseline, and the
+    model that eval's finetune mode trains (a pretrained backbone with a new linear layer), so a
+    finetuned state dict has the baseline checkpoint's keys (``backbone.*``, ``classifier.*``)."""
 
     def __init__(self, backbone: nn.Module, width: int, num_classes: int):
         super().__init__()
@@ -134,6 +136,11 @@ class SupervisedModel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.backbone(x))
+
+    def features_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Backbone features and logits of one forward pass (eval scores both)."""
+        h = self.backbone(x)
+        return h, self.classifier(h)
 
 
 def build_model(cfg: ModelConfig, *, num_classes: int, in_dim: Optional[int] = None,

@@ -16,6 +16,7 @@ from typing import Optional
 
 from mlcdist.cli import command
 from mlcdist.config import dump_yaml, load_recipe
+from mlcdist.data.info import split_info
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -44,6 +45,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
+    split_info("data.train", cfg.data.train)  # a bad path is one error line, before torch starts
     from mlcdist.train.preempt import StopRequest, exit_code
     from mlcdist.train.trainer import Trainer
 

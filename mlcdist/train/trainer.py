@@ -116,7 +116,8 @@ class Trainer:
     def save(self) -> None:
         self._check_state()  # never publish a checkpoint holding NaN/inf tensors
         self.state.save(self.step, {"config": dump_yaml(self.cfg), "num_classes": self.info.num_classes,
-                                    "feature_dim": self.info.feature_dim})
+                                    "feature_dim": self.info.feature_dim,
+                                    "class_names": list(self.info.class_names), "dataset": self.info.name})
 
     def resume(self, path: Path) -> None:
         self.state.load(path)

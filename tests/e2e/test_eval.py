@@ -29,6 +29,7 @@ from mlcdist.data.sources.digits import digit_mosaics
 from mlcdist.eval import carve_validation, class_similarity, resolve_checkpoint
 from mlcdist.eval.__main__ import main
 from mlcdist.eval.features import load_features
+from mlcdist.eval.figures import class_cosine
 from mlcdist.metrics import METRICS, PAPER_PROTOCOL
 from mlcdist.train import Trainer
 
@@ -38,10 +39,10 @@ FAST = ["data.num_workers=0", "--no-plots"]
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def write_vectors(out: Path, x: np.ndarray, y: np.ndarray, name: str) -> Path:
+def write_vectors(out: Path, x: np.ndarray, y: np.ndarray, name: str, prefix: str = "c") -> Path:
     samples = [EncodedSample("npy", npy_bytes(x[i]), np.flatnonzero(y[i]).tolist(), f"{name}-{i}")
                for i in range(len(x))]
-    write_dataset(samples, out, name=name, class_names=[f"c{j}" for j in range(y.shape[1])],
+    write_dataset(samples, out, name=name, class_names=[f"{prefix}{j}" for j in range(y.shape[1])],
                   modality="vector", feature_dim=x.shape[1], max_samples_per_shard=256)
     return out
 
@@ -123,7 +124,8 @@ def test_metrics_json_is_complete_and_loads(probes, vector_run):
     assert np.isclose(np.mean(list(ap.values())), report["test"]["clean"]["mAP"])
     assert report["num_rows"] == {"train": 540, "val": 60, "test": 200}  # 10% carved, seeded
     assert "| clean (threshold 0.5) |" in (out / "metrics.md").read_text()
-    for png in ("per_class_ap.png", "class_similarity.png"):
+    assert sum(report["test_positives"].values()) == int(digit_mosaics("test", 200, size=16, seed=0)[1].sum())
+    for png in ("per_class_ap.png", "class_similarity.png", "curves.png"):
         with Image.open(out / png) as image:
             assert image.format == "PNG" and min(image.size) >= 300
     assert load_recipe(out / "config.yaml").eval.mode == "linear"
@@ -194,6 +196,11 @@ def test_mismatches_name_both_sides(vector_run, tmp_path, capsys):
 
     message = error("--train", five, "--test", five)
     assert "pretrained on 10 classes" in message and "has 5" in message and "--transfer" in message
+    renamed = write_vectors(tmp_path / "renamed", rng.random((40, 256)), rng.random((40, 10)) < 0.4, "renamed",
+                            prefix="k")
+    message = error("--train", renamed, "--test", renamed)
+    assert "class names differ" in message and "digits-train" in message and "renamed" in message
+    assert "only in renamed: k0" in message and "--transfer" in message and message.count("\n") == 1
     message = error("--train", narrow, "--test", narrow, "--transfer")
     assert "256-d" in message and "32-d" in message
     message = error("model.arch=resnet18")
@@ -207,18 +214,31 @@ def test_mismatches_name_both_sides(vector_run, tmp_path, capsys):
     assert main(["compare", str(tmp_path)]) == 2 and "metrics.json" in capsys.readouterr().err
 
 
-def test_compare_prints_runs_side_by_side(probes, capsys):
-    assert main(["compare", str(probes["pretrained"]), str(probes["random"])]) == 0
-    text = capsys.readouterr().out
+def test_compare_prints_runs_side_by_side(probes, capsys, tmp_path):
+    figure = tmp_path / "compare.png"
+    assert main(["compare", str(probes["pretrained"]), str(probes["random"]), "--plot", str(figure)]) == 0
+    text, err = capsys.readouterr()
     pre = strict_json(probes["pretrained"] / "metrics.json")["test"]
     assert "linear-random" in text and "mAP (paper*)" in text and "micro-F1 (clean @0.5)" in text
     assert f"{pre['clean']['mAP']:.4f}" in text and f"{pre['paper']['micro_f1']:.4f}" in text
+    assert "test data" in text and "digits-test (200)" in text and "warning" not in err
+    with Image.open(figure) as image:
+        assert image.format == "PNG" and min(image.size) >= 300
 
 
-def test_image_checkpoint_linear_and_finetune(tmp_path, capsys, monkeypatch):
-    from mlcdist import progress
+def test_train_as_test_warns_and_compare_flags_other_test_sets(probes, vector_run, vector_digits, tmp_path,
+                                                               capsys):
+    out = tmp_path / "fit"
+    assert evaluate(vector_run, "--test", vector_digits / "train", "--out", out, "eval.epochs=1", *FAST) == 0
+    assert "data.test is data.train" in capsys.readouterr().err
+    assert "data.test is data.train" in strict_json(out / "metrics.json")["warnings"][0]
+    assert main(["compare", str(probes["pretrained"]), str(out)]) == 0
+    text, err = capsys.readouterr()
+    assert "digits-train (600)" in text and "digits-test (200)" in text
+    assert "tested on different data sets" in err and "fit: data.test is data.train" in err
 
-    monkeypatch.setattr(progress.console, "quiet", False)  # tools.reproduce's tests silence it
+
+def test_image_checkpoint_linear_and_finetune(tmp_path, capsys):
     from tools.make_shards import main as make_shards
 
     shards = tmp_path / "digits"
@@ -265,6 +285,9 @@ def test_class_similarity_rows_are_softmaxes_over_class_embeddings():
     assert exclusive.tolist() == [True, True, True, False] and count.tolist() == [1, 1, 1, 0]
     torch.testing.assert_close(prob[:3, :3].sum(1), torch.ones(3, dtype=torch.float64))
     assert prob[0, 1] > prob[0, 2] and torch.isnan(prob[3]).all() and torch.isnan(prob[:, 3]).all()
+    cos, _, _ = class_cosine(h, y)  # what class_similarity.png shows, on the fixed scale 0..1
+    assert cos[0, 1] == pytest.approx(2 / 4.01 ** 0.5) and cos[0, 2] == 0
+    torch.testing.assert_close(prob[0, :3], torch.softmax(cos[0, :3], 0))
     cos01 = torch.nn.functional.cosine_similarity(h[0], h[1], dim=0).double()
     expected = torch.softmax(torch.stack([torch.tensor(1.0, dtype=torch.float64), cos01,
                                           torch.tensor(0.0, dtype=torch.float64)]), 0)

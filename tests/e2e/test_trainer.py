@@ -137,3 +137,30 @@ def test_gradient_accumulation_counts_optimizer_steps(shards, tmp_path):
     assert summary["epoch"] == 2 and trainer.micro == 0  # the odd 9th micro-batch is not carried over
     assert np.isfinite(summary["loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.query.parameters()))
+
+
+def test_cli_checks_data_train_before_training(tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    (tmp_path / "no-index").mkdir()
+    path.write_text(f"data:\n  train: {tmp_path / 'no-index'}\n")
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: data.train: ")
+    assert str(tmp_path / "no-index" / "dataset.json") in err and "tools.make_shards" in err
+
+
+def test_short_shard_stops_training_unless_allow_missing(shards, tmp_path, capsys):
+    import shutil
+
+    short = tmp_path / "short"
+    shutil.copytree(shards, short)
+    index = json.loads((short / "dataset.json").read_text())
+    index["shards"][0]["num_samples"] += 3  # promises 3 samples the shard does not hold
+    index["num_samples"] += 3
+    (short / "dataset.json").write_text(json.dumps(index))
+    path = tmp_path / "r.yaml"
+    path.write_text(json.dumps(recipe(short, tmp_path / "run", schedule={"epochs": 1})))
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and index["shards"][0]["file"] in err and "data.allow_missing" in err
+    assert main([str(path), "data.allow_missing=true", f"logging.run_dir={tmp_path / 'run2'}"]) == 0

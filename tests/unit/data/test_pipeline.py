@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 
@@ -12,7 +13,7 @@ import torch
 from support.shardgen import write_split
 
 from mlcdist.config import AugmentConfig, DataConfig
-from mlcdist.data.pipeline import make_loader, multi_hot, resolve
+from mlcdist.data.pipeline import ShardShortfallError, make_loader, multi_hot, resolve
 from mlcdist.data.plan import (
     batches_per_rank, plan_worker, segments_between, shard_order, worker_batches, worker_skip)
 
@@ -208,8 +209,8 @@ def test_brace_pattern_and_bad_location(vectors, tmp_path):
 def test_missing_shard_keeps_batch_count(tmp_path, caplog):
     write_split(tmp_path, [6, 6], modality="vector")
     (tmp_path / "shard-000001.tar").unlink()
-    loader = make_loader(str(tmp_path), data_cfg(num_workers=0, batch_size=2), AUG, mode="eval",
-                         rank=0, world_size=1)
+    loader = make_loader(str(tmp_path), data_cfg(num_workers=0, batch_size=2, allow_missing=True), AUG,
+                         mode="eval", rank=0, world_size=1)
     batches = list(loader)
     assert len(batches) == 6 and loader.skipped == 6
     assert Counter(torch.cat([b["valid"] for b in batches]).tolist()) == {True: 6, False: 6}
@@ -223,3 +224,20 @@ def test_rank_and_world_default_to_the_process_group(vectors, monkeypatch):
     assert (loader.stream.rank, loader.stream.world_size) == (1, 2)
     loader = make_loader(str(vectors[0]), data_cfg(), AUG, mode="eval", rank=0, world_size=1)
     assert (loader.stream.rank, loader.stream.world_size) == (0, 1)
+
+
+@pytest.mark.parametrize("mode,workers", [("pretrain", 2), ("eval", 0)])
+def test_short_shard_stops_naming_it_unless_allow_missing(tmp_path, mode, workers):
+    write_split(tmp_path, [6, 6], modality="vector")
+    index = json.loads((tmp_path / "dataset.json").read_text())
+    index["shards"][1]["num_samples"] = 8  # the shard holds 6: two promised samples never come
+    index["num_samples"] = 14
+    (tmp_path / "dataset.json").write_text(json.dumps(index))
+    strict = make_loader(str(tmp_path), data_cfg(num_workers=workers, batch_size=2), AUG, mode=mode,
+                         rank=0, world_size=1)
+    with pytest.raises(ShardShortfallError, match=r"shard-000001\.tar: has 6 samples, dataset.json "
+                                                  r"promises at least 8.*data\.allow_missing=true"):
+        list(strict)
+    lenient = make_loader(str(tmp_path), data_cfg(num_workers=workers, batch_size=2, allow_missing=True),
+                          AUG, mode=mode, rank=0, world_size=1)
+    assert len(list(lenient)) == 7 and lenient.skipped == 2
