@@ -64,8 +64,12 @@ class AtomicFile:
         fsync_dir(self.path.parent)
 
     def discard(self) -> None:
-        self.handle.close()
-        self.partial.unlink(missing_ok=True)
+        try:
+            self.handle.close()  # flushes what is buffered: fails again on a full disk
+        except OSError:
+            pass
+        finally:
+            self.partial.unlink(missing_ok=True)
 
 
 @contextmanager
