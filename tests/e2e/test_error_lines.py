@@ -49,8 +49,8 @@ def recipe_path(shards, tmp_path_factory) -> Path:
 
 
 CASES = {
-    "missing train": (["data.train=/nonexistent/train"], "/nonexistent/train/dataset.json: no dataset.json here"),
-    "empty train": (["data.train="], "data.train is empty"),
+    "missing train": (["data.train=/nonexistent/train"], "data.train: /nonexistent/train/dataset.json not found"),
+    "empty train": (["data.train="], "data.train: no shard folder named"),
     "batch too large": (["data.batch_size=64"], "give no full batch of 64 x 2 ranks; lower data.batch_size"),
     "missing weights": (["model.weights=/nonexistent/w.pt"], "model.weights: /nonexistent/w.pt not found"),
     "missing resume": (["checkpoint.resume=/nonexistent/ckpt"], "checkpoint.resume: /nonexistent/ckpt holds no"),
