@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,15 @@ def mulan() -> Path:
     if not (MULAN / "yeast" / "yeast-train.arff").is_file():
         pytest.skip(f"Mulan data not present in {MULAN} (set MLCDIST_MULAN)")
     return MULAN
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A child process left alive (e.g. a loader worker, which ignores SIGTERM) would make the exit
+    handler of multiprocessing wait forever after the summary: kill it and fail the run instead."""
+    left = multiprocessing.active_children()
+    for child in left:
+        child.kill()
+    if left:
+        print(f"\nerror: {len(left)} child process(es) outlived the tests and were killed: "
+              + ", ".join(f"{c.name} (pid {c.pid})" for c in left))
+        session.exitstatus = 1

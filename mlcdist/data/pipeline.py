@@ -317,8 +317,9 @@ class Loader:
                             # so iterating never advances the global RNG (exact resume)
                             generator=torch.Generator().manual_seed(self.stream.data.seed))
         before = self.skipped
+        batches = iter(loader)
         try:
-            for batch in loader:
+            for batch in batches:
                 self._check_shortfall(batch.pop("shortfall"))
                 self.skipped += int(batch.pop("skipped"))
                 if "views" in batch:  # DataLoader's default_convert turns the tuple into a list
@@ -326,6 +327,12 @@ class Loader:
                 yield batch
         except DatasetError as err:  # from a worker, DataLoader prepends the worker's traceback
             raise DatasetError(str(err).rstrip().splitlines()[-1].split("DatasetError: ", 1)[-1]) from None
+        finally:
+            # An error's traceback keeps the iterator alive past this pass, and its workers ignore
+            # SIGTERM, so the exit handler of multiprocessing would wait on them forever.
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
         self.stream.skip_batches = 0  # a resume offset applies to one pass only
         if self.skipped > before:
             log.warning("epoch %d, rank %d: %d corrupt or missing samples skipped (batch count unchanged)",

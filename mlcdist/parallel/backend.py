@@ -44,17 +44,22 @@ def process_group_kwargs(cpu: bool, timeout_minutes: float):
     timeout = timedelta(minutes=timeout_minutes)
     return InitProcessGroupKwargs(backend="gloo", timeout=timeout) if cpu else InitProcessGroupKwargs(timeout=timeout)
 
+def check_precision(mixed_precision: str) -> None:
+    """Refuse a ``precision.mixed`` this machine cannot run, before any data or model loads."""
+    if mixed_precision == "fp16" and use_cpu():
+        # torch can autocast to fp16 on CPU, but Accelerate then neither autocasts nor scales
+        # the loss, so a run would silently train in fp32: refuse it before any step.
+        raise MlcdistError("precision.mixed: fp16 needs a CUDA device (Accelerate has no fp16 "
+                           "autocast or loss scaler on CPU); use precision.mixed=bf16 or no")
+
+
 def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1, timeout_minutes: float = 10.0):
     """An Accelerator for this process; gloo on CPU, fp16 only on CUDA; collectives give up
     after ``timeout_minutes`` (``parallel.timeout_minutes``)."""
     from accelerate import Accelerator
 
     cpu = use_cpu()
-    if cpu and mixed_precision == "fp16":
-        # torch can autocast to fp16 on CPU, but Accelerate then neither autocasts nor scales
-        # the loss, so a run would silently train in fp32: refuse it before any step.
-        raise MlcdistError("precision.mixed: fp16 needs a CUDA device (Accelerate has no fp16 "
-                          "autocast or loss scaler on CPU); use precision.mixed=bf16 or no")
+    check_precision(mixed_precision)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     handlers = [process_group_kwargs(cpu, timeout_minutes)] if distributed else []
     # DeepSpeed is initialised by `wrap` itself (Accelerate's plugin needs transformers and

@@ -45,7 +45,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
-    split_info("data.train", cfg.data.train)  # a bad path is one error line, before torch starts
+    from mlcdist.parallel.backend import check_precision
+
+    check_precision(cfg.precision.mixed)  # settings this machine cannot run, then paths: one line each
+    split_info("data.train", cfg.data.train)
     from mlcdist.train.preempt import StopRequest, exit_code
     from mlcdist.train.trainer import Trainer
 

@@ -4,6 +4,7 @@ and a run above ``data.max_skipped_fraction`` fails (a whole shard deleted ended
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
 from pathlib import Path
 
@@ -77,5 +78,8 @@ def test_a_whole_unreadable_batch_is_one_error_line(one_shard_gone, tmp_path, ca
                   f"data.num_workers={workers}")
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err, err[-3000:]
+    # the failed pass shut its workers down: they ignore SIGTERM, so a live one would hang the
+    # exit handler of multiprocessing (the CI run that timed out after pytest's summary)
+    assert multiprocessing.active_children() == []
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and "error: a whole batch of 8 samples around index " in lines[0] and "is unreadable" in lines[0], err[-3000:]
