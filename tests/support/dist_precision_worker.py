@@ -35,6 +35,7 @@ from mlcdist.data.info import DatasetInfo
 from mlcdist.models import backbones
 from mlcdist.parallel import full_state_dict
 from mlcdist.train import Trainer
+from teardown import end_worker  # a sibling: torchrun runs this file as a script
 
 GLOBAL_BATCH, STEPS, CLASSES = 8, 2, 5
 SIZE = int(os.environ.get("PRECISION_SIZE", "64"))
@@ -127,9 +128,7 @@ def main() -> None:
             dist.barrier()
     if rank == 0:
         torch.save(results, out)
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    end_worker()
 
 
 if __name__ == "__main__":

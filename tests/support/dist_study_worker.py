@@ -26,6 +26,7 @@ from mlcdist.data.batch import DecodedViews
 from mlcdist.data.info import DatasetInfo
 from mlcdist.parallel import full_state_dict
 from mlcdist.train import Trainer
+from teardown import end_worker  # a sibling: torchrun runs this file as a script
 
 GLOBAL_BATCH, STEPS, DIM, CLASSES = 8, 2, 12, 5
 HYPER = {"msc": {"alpha": 0.5, "beta": 0.3}, "reg": {"alpha": 0.5}, "reg_plain": {"alpha": 0.5},
@@ -98,9 +99,7 @@ def main() -> None:
             dist.barrier()
     if rank == 0:
         torch.save(results, out)
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    end_worker()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from mlcdist.config import from_dict
 from mlcdist.data.info import DatasetInfo
 from mlcdist.parallel import full_state_dict
 from mlcdist.train import Trainer
+from teardown import end_worker  # a sibling: torchrun runs this file as a script
 
 GLOBAL_BATCH, STEPS, DIM, CLASSES = 8, 4, 12, 5
 
@@ -65,7 +66,6 @@ def main() -> None:
         section, field = key.split(".")
         data.setdefault(section, {})[field] = type_of(value)
     trainer_cfg = from_dict(data)
-    import torch.distributed as dist
 
     rank = int(__import__("os").environ.get("RANK", 0))
     world = int(__import__("os").environ.get("WORLD_SIZE", 1))
@@ -80,9 +80,7 @@ def main() -> None:
     if trainer.acc.is_main_process:
         torch.save({"query": query, "key": key, "losses": torch.tensor(losses),
                     "queue": trainer.queue.state_dict()}, out)
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    end_worker()
 
 
 def type_of(text: str):
