@@ -33,8 +33,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mlcdist.losses._study import (EPS, check_prototypes, compute_dtype, full_precision, off_diagonal,
-                                   self_excluded_lse, unit_rows, weighted_log_prob_sum)
+from mlcdist.losses._study import (EPS, full_precision, off_diagonal, prototype_inputs, self_excluded_lse,
+                                   weighted_log_prob_sum)
 
 
 def node_weights(node_labels: Tensor, alpha: float) -> Tensor:
@@ -65,12 +65,9 @@ def regularised_from_scores(scores: Tensor, weights: Tensor, regularise: bool) -
 
 def _reg(name: str, features: Tensor, labels: Tensor, prototypes: Tensor, temperature: float,
          alpha: float, regularise: bool) -> Tensor:
-    check_prototypes(name, features, labels, prototypes)
-    dtype = compute_dtype(features)
-    nodes = torch.cat([unit_rows(features, dtype), unit_rows(prototypes, dtype)])
-    num_labels = labels.shape[1]
-    node_labels = torch.cat([labels.to(dtype),
-                             torch.eye(num_labels, dtype=dtype, device=labels.device)])
+    z, p, y = prototype_inputs(name, features, labels, prototypes)
+    nodes = torch.cat([z, p])
+    node_labels = torch.cat([y, torch.eye(y.shape[1], dtype=y.dtype, device=y.device)])
     weights = node_weights(node_labels, alpha)
     return regularised_from_scores((nodes @ nodes.T) / temperature, weights, regularise)
 

@@ -44,6 +44,7 @@ def process_group_kwargs(cpu: bool, timeout_minutes: float):
     timeout = timedelta(minutes=timeout_minutes)
     return InitProcessGroupKwargs(backend="gloo", timeout=timeout) if cpu else InitProcessGroupKwargs(timeout=timeout)
 
+
 def check_precision(mixed_precision: str) -> None:
     """Refuse a ``precision.mixed`` this machine cannot run, before any data or model loads."""
     if mixed_precision == "fp16" and use_cpu():
