@@ -73,6 +73,10 @@ class ResidentVectors(ShardStream):
 
     # -- reading once ----------------------------------------------------------------------------
 
+    def ensure_loaded(self) -> None:
+        if not self.loaded:
+            self._load()
+
     def _load(self) -> None:
         """Read every shard once; unusable samples keep a zero row and ``usable = False``
         (warned as the stream warns), missing ones also their :class:`Shortfall`."""
@@ -119,8 +123,7 @@ class ResidentVectors(ShardStream):
     def batches_from(self, skip: int) -> Iterator[dict]:
         """Rank batches ``skip, skip+1, ...`` of the epoch, with ``shortfall`` and ``skipped``
         as the stream's workers deliver them."""
-        if not self.loaded:
-            self._load()
+        self.ensure_loaded()
         rows = self.epoch_rows()[skip:]
         clean = self.usable[rows].all(axis=1)
         per_block = max(1, BLOCK_ROWS // self.data.batch_size)
