@@ -113,3 +113,24 @@ def test_large_or_image_sets_keep_streaming(vectors, monkeypatch):
     assert isinstance(make_loader(str(vectors), data_cfg(), AUG, mode="eval"), ResidentLoader)
     monkeypatch.setattr(resident, "RESIDENT_MAX_BYTES", 40 * (6 + 5) * 4 - 1)
     assert not isinstance(make_loader(str(vectors), data_cfg(), AUG, mode="eval"), ResidentLoader)
+
+
+def test_trainer_learns_the_same_from_resident_and_streamed_shards(shards, tmp_path):
+    """Same batches, so the same run: a short MoCo pretraining ends with identical weights and queue."""
+    from mlcdist.config import from_dict
+    from mlcdist.train import Trainer
+
+    from support.vector_run import recipe
+
+    ends = []
+    for resident_ in (False, True):
+        cfg = from_dict(recipe(shards, tmp_path / f"run-{resident_}", data={"num_workers": 1},
+                               schedule={"epochs": 2}))
+        loader = make_loader(cfg.data.train, cfg.data, cfg.augment, mode="pretrain", resident=resident_)
+        trainer = Trainer(cfg, loader=loader)
+        trainer.fit()
+        ends.append({**{f"q.{k}": v.clone() for k, v in trainer.query.state_dict().items()},
+                     **{f"k.{k}": v.clone() for k, v in trainer.key.state_dict().items()},
+                     "queue": trainer.queue.keys.clone()})
+    assert ends[0].keys() == ends[1].keys()
+    assert all(torch.equal(ends[0][k], ends[1][k]) for k in ends[0])
