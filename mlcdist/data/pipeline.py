@@ -28,7 +28,9 @@ with another sample of the same batch (cycling over its good samples, with fresh
 salt); in eval mode the entry is masked (``valid=False``). A batch whose samples are all
 unreadable raises (the shard is broken: re-run the converter). ``Loader.skipped`` counts them.
 
-The loader is already split by rank and worker and batched: do NOT pass it to
+Vector shards that fit in memory are read once and batched by indexing (``resident.py``,
+``make_loader``'s default for them): the same batches in the same order, without the per-sample
+decoding. The loader is already split by rank and worker and batched: do NOT pass it to
 ``accelerate.prepare`` (accelerate would re-shard it and break the equal batch counts).
 """
 

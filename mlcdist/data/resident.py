@@ -18,7 +18,8 @@ ids alone:
 So for the same recipe the batches equal the streaming loader's, value for value, in the same
 order, resumes included (``tests/unit/data/test_resident.py`` compares them). A batch with
 corrupt or missing samples goes through the streaming loader's own refill/mask code
-(``ShardStream._assemble``), so holes behave the same too; every rank holds the whole set.
+(``ShardStream._assemble``), so holes behave the same too, and count in ``Loader.skipped`` every
+epoch; their warnings come once, when the shards are read. Every rank holds the whole set.
 """
 
 from __future__ import annotations
