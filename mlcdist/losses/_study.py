@@ -6,11 +6,27 @@ study's code adds it, so values match the study's definition, not an approximati
 
 from __future__ import annotations
 
+import functools
+from typing import Callable, TypeVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 EPS = 1e-8
+LossFn = TypeVar("LossFn", bound=Callable[..., Tensor])
+
+
+def full_precision(loss: LossFn) -> LossFn:
+    """Run ``loss`` with autocast off: inside a bf16/fp16 region the study's losses still compute in
+    :func:`compute_dtype` of their first tensor, so their values do not depend on the region."""
+
+    @functools.wraps(loss)
+    def run(first: Tensor, *args, **kwargs) -> Tensor:
+        with torch.autocast(device_type=first.device.type, enabled=False):
+            return loss(first, *args, **kwargs)
+
+    return run  # type: ignore[return-value]
 
 
 def compute_dtype(tensor: Tensor) -> torch.dtype:
@@ -21,6 +37,23 @@ def compute_dtype(tensor: Tensor) -> torch.dtype:
 def unit_rows(x: Tensor, dtype: torch.dtype) -> Tensor:
     r""":math:`z_i = x_i / \max(\lVert x_i \rVert, 10^{-12})` in ``dtype`` (as ``F.normalize``)."""
     return F.normalize(x.to(dtype), dim=1, eps=1e-12)
+
+
+def in_batch_scores(features: Tensor, labels: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    r"""(S, Y): :math:`S_{ab} = z_a \cdot z_b / \tau` (B x B) and the labels (B x C), both in
+    :func:`compute_dtype` of ``features``."""
+    dtype = compute_dtype(features)
+    z = unit_rows(features, dtype)
+    return (z @ z.T) / temperature, labels.to(dtype)
+
+
+def prototype_inputs(name: str, features: Tensor, labels: Tensor,
+                     prototypes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(z, p, Y): unit features B x D, unit prototypes C x D and labels B x C, checked, in
+    :func:`compute_dtype` of ``features``."""
+    check_prototypes(name, features, labels, prototypes)
+    dtype = compute_dtype(features)
+    return unit_rows(features, dtype), unit_rows(prototypes, dtype), labels.to(dtype)
 
 
 def check_pair(name: str, features: Tensor, labels: Tensor) -> None:

@@ -13,13 +13,14 @@ union tensor. B = 1 gives 0 (the study's code gives NaN).
 
 from __future__ import annotations
 
-import torch
+import torch  # noqa: F401 (the docstring example)
 from torch import Tensor
 
-from mlcdist.losses._study import (EPS, check_pair, compute_dtype, off_diagonal, self_excluded_lse,
-                                   unit_rows, weighted_log_prob_sum)
+from mlcdist.losses._study import (EPS, check_pair, full_precision, in_batch_scores, off_diagonal,
+                                   self_excluded_lse, weighted_log_prob_sum)
 
 
+@full_precision
 def jaccard_supcon(features: Tensor, labels: Tensor, temperature: float = 0.1) -> Tensor:
     """Jaccard-weighted supervised contrastive loss (the study's ``base``), 0-dim tensor.
 
@@ -34,17 +35,13 @@ def jaccard_supcon(features: Tensor, labels: Tensor, temperature: float = 0.1) -
         torch.Size([])
     """
     check_pair("jaccard", features, labels)
-    dtype = compute_dtype(features)
-    with torch.autocast(device_type=features.device.type, enabled=False):
-        z = unit_rows(features, dtype)
-        y = labels.to(dtype)
-        scores = (z @ z.T) / temperature
-        inter = y @ y.T
-        size = y.sum(1)
-        union = size.unsqueeze(1) + size.unsqueeze(0) - inter
-        jac = inter / (union + EPS) * off_diagonal(len(y), y)
-        jac_sum = jac.sum(1)
-        weights = jac / (jac_sum.unsqueeze(1) + EPS)
-        anchors = (jac_sum > 0).sum().to(dtype)
-        total = weighted_log_prob_sum(weights, scores, self_excluded_lse(scores))
-        return -total / (anchors + EPS)
+    scores, y = in_batch_scores(features, labels, temperature)
+    inter = y @ y.T
+    size = y.sum(1)
+    union = size.unsqueeze(1) + size.unsqueeze(0) - inter
+    jac = inter / (union + EPS) * off_diagonal(len(y), y)
+    jac_sum = jac.sum(1)
+    weights = jac / (jac_sum.unsqueeze(1) + EPS)
+    anchors = (jac_sum > 0).sum().to(scores.dtype)
+    total = weighted_log_prob_sum(weights, scores, self_excluded_lse(scores))
+    return -total / (anchors + EPS)

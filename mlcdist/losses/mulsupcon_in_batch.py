@@ -13,12 +13,13 @@ sample carrying c contributes 0 but counts in M (the study's convention). Dense:
 
 from __future__ import annotations
 
-import torch
+import torch  # noqa: F401 (the docstring example)
 from torch import Tensor
 
-from mlcdist.losses._study import EPS, check_pair, compute_dtype, off_diagonal, self_excluded_lse, unit_rows
+from mlcdist.losses._study import EPS, check_pair, full_precision, in_batch_scores, off_diagonal, self_excluded_lse
 
 
+@full_precision
 def mulsupcon_in_batch(features: Tensor, labels: Tensor, temperature: float = 0.1) -> Tensor:
     """In-batch MulSupCon as the study runs it, 0-dim tensor.
 
@@ -33,13 +34,9 @@ def mulsupcon_in_batch(features: Tensor, labels: Tensor, temperature: float = 0.
         torch.Size([])
     """
     check_pair("mulsupcon", features, labels)
-    dtype = compute_dtype(features)
-    with torch.autocast(device_type=features.device.type, enabled=False):
-        z = unit_rows(features, dtype)
-        y = labels.to(dtype)
-        scores = (z @ z.T) / temperature
-        lse = self_excluded_lse(scores)
-        others = y.sum(0, keepdim=True) - y  # K_c - y_ic: positives of pair (i, c)
-        pos_log_prob = (scores * off_diagonal(len(y), y)) @ y - lse.unsqueeze(1) * others
-        per_pair = -pos_log_prob / (others + EPS) * y
-        return per_pair.sum() / y.sum().clamp_min(1.0)
+    scores, y = in_batch_scores(features, labels, temperature)
+    lse = self_excluded_lse(scores)
+    others = y.sum(0, keepdim=True) - y  # K_c - y_ic: positives of pair (i, c)
+    pos_log_prob = (scores * off_diagonal(len(y), y)) @ y - lse.unsqueeze(1) * others
+    per_pair = -pos_log_prob / (others + EPS) * y
+    return per_pair.sum() / y.sum().clamp_min(1.0)

@@ -30,9 +30,10 @@ import math
 import torch
 from torch import Tensor
 
-from mlcdist.losses._study import EPS, check_prototypes, compute_dtype, off_diagonal, unit_rows
+from mlcdist.losses._study import EPS, full_precision, off_diagonal, prototype_inputs
 
 
+@full_precision
 def proto_loss(features: Tensor, labels: Tensor, prototypes: Tensor, temperature: float = 0.1) -> Tensor:
     """Cross-entropy of each sample against the label prototypes (the study's ``proto``).
 
@@ -45,14 +46,11 @@ def proto_loss(features: Tensor, labels: Tensor, prototypes: Tensor, temperature
         >>> proto_loss(x, y, p).shape
         torch.Size([])
     """
-    check_prototypes("proto", features, labels, prototypes)
-    dtype = compute_dtype(features)
-    with torch.autocast(device_type=features.device.type, enabled=False):
-        z, p, y = unit_rows(features, dtype), unit_rows(prototypes, dtype), labels.to(dtype)
-        log_pi = torch.log_softmax((z @ p.T) / temperature, dim=1)
-        size = y.sum(1)
-        per_anchor = -(y * log_pi).sum(1) / size.clamp_min(1.0)
-        return per_anchor.sum() / (size > 0).sum().clamp_min(1).to(dtype)
+    z, p, y = prototype_inputs("proto", features, labels, prototypes)
+    log_pi = torch.log_softmax((z @ p.T) / temperature, dim=1)
+    size = y.sum(1)
+    per_anchor = -(y * log_pi).sum(1) / size.clamp_min(1.0)
+    return per_anchor.sum() / (size > 0).sum().clamp_min(1).to(y.dtype)
 
 
 def _msc_weights(y: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
@@ -67,6 +65,7 @@ def _msc_weights(y: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
     return inst_w, proto_w
 
 
+@full_precision
 def msc_loss(features: Tensor, labels: Tensor, prototypes: Tensor, temperature: float = 0.1,
              alpha: float = 1.0, beta: float = 0.1) -> Tensor:
     """ABALONE's L_MSC as the study computes it (``msc``), 0-dim tensor.
@@ -82,19 +81,16 @@ def msc_loss(features: Tensor, labels: Tensor, prototypes: Tensor, temperature: 
         >>> msc_loss(x, y, p).shape
         torch.Size([])
     """
-    check_prototypes("msc", features, labels, prototypes)
-    dtype = compute_dtype(features)
-    with torch.autocast(device_type=features.device.type, enabled=False):
-        z, p, y = unit_rows(features, dtype), unit_rows(prototypes, dtype), labels.to(dtype)
-        inst = (z @ z.T) / temperature
-        proto = (z @ p.T) / temperature
-        eye = torch.eye(len(y), dtype=torch.bool, device=y.device)
-        log_beta = math.log(beta) if beta > 0 else float("-inf")
-        candidates = torch.cat([inst.masked_fill(eye, float("-inf")) + log_beta, proto], dim=1)
-        log_denom = torch.logsumexp(candidates, dim=1)  # log D_i, B
-        inst_w, proto_w = _msc_weights(y, alpha)
-        weight_sum = inst_w.sum(1) + proto_w.sum(1)
-        pos = (inst_w * inst).sum(1) + (proto_w * proto).sum(1) - weight_sum * log_denom
-        size = y.sum(1)
-        per_anchor = -pos / size.clamp_min(1.0)
-        return per_anchor.sum() / (size > 0).sum().clamp_min(1).to(dtype)
+    z, p, y = prototype_inputs("msc", features, labels, prototypes)
+    inst = (z @ z.T) / temperature
+    proto = (z @ p.T) / temperature
+    eye = torch.eye(len(y), dtype=torch.bool, device=y.device)
+    log_beta = math.log(beta) if beta > 0 else float("-inf")
+    candidates = torch.cat([inst.masked_fill(eye, float("-inf")) + log_beta, proto], dim=1)
+    log_denom = torch.logsumexp(candidates, dim=1)  # log D_i, B
+    inst_w, proto_w = _msc_weights(y, alpha)
+    weight_sum = inst_w.sum(1) + proto_w.sum(1)
+    pos = (inst_w * inst).sum(1) + (proto_w * proto).sum(1) - weight_sum * log_denom
+    size = y.sum(1)
+    per_anchor = -pos / size.clamp_min(1.0)
+    return per_anchor.sum() / (size > 0).sum().clamp_min(1).to(y.dtype)

@@ -33,8 +33,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mlcdist.losses._study import (EPS, check_prototypes, compute_dtype, off_diagonal, self_excluded_lse,
-                                   unit_rows, weighted_log_prob_sum)
+from mlcdist.losses._study import (EPS, check_prototypes, compute_dtype, full_precision, off_diagonal,
+                                   self_excluded_lse, unit_rows, weighted_log_prob_sum)
 
 
 def node_weights(node_labels: Tensor, alpha: float) -> Tensor:
@@ -67,15 +67,15 @@ def _reg(name: str, features: Tensor, labels: Tensor, prototypes: Tensor, temper
          alpha: float, regularise: bool) -> Tensor:
     check_prototypes(name, features, labels, prototypes)
     dtype = compute_dtype(features)
-    with torch.autocast(device_type=features.device.type, enabled=False):
-        nodes = torch.cat([unit_rows(features, dtype), unit_rows(prototypes, dtype)])
-        num_labels = labels.shape[1]
-        node_labels = torch.cat([labels.to(dtype),
-                                 torch.eye(num_labels, dtype=dtype, device=labels.device)])
-        weights = node_weights(node_labels, alpha)
-        return regularised_from_scores((nodes @ nodes.T) / temperature, weights, regularise)
+    nodes = torch.cat([unit_rows(features, dtype), unit_rows(prototypes, dtype)])
+    num_labels = labels.shape[1]
+    node_labels = torch.cat([labels.to(dtype),
+                             torch.eye(num_labels, dtype=dtype, device=labels.device)])
+    weights = node_weights(node_labels, alpha)
+    return regularised_from_scores((nodes @ nodes.T) / temperature, weights, regularise)
 
 
+@full_precision
 def reg_loss(features: Tensor, labels: Tensor, prototypes: Tensor, temperature: float = 0.1,
              alpha: float = 0.0) -> Tensor:
     """The study's gradient-regularised loss (``mscrg``), 0-dim tensor.
@@ -93,6 +93,7 @@ def reg_loss(features: Tensor, labels: Tensor, prototypes: Tensor, temperature: 
     return _reg("reg", features, labels, prototypes, temperature, alpha, regularise=True)
 
 
+@full_precision
 def reg_plain_loss(features: Tensor, labels: Tensor, prototypes: Tensor, temperature: float = 0.1,
                    alpha: float = 0.0) -> Tensor:
     """:func:`reg_loss` without the regulariser (``mscwrg``), 0-dim tensor; same arguments."""

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mlcdist.losses._study import compute_dtype
+from mlcdist.losses._study import compute_dtype, full_precision
 
 
 def _check(name: str, logits: Tensor, labels: Tensor) -> None:
@@ -29,6 +29,7 @@ def _check(name: str, logits: Tensor, labels: Tensor) -> None:
                          f"must both be B x C")
 
 
+@full_precision
 def zlpr_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Zero-bounded log-sum-exp pairwise loss (Su et al. 2022), textbook value, 0-dim tensor.
 
@@ -38,14 +39,14 @@ def zlpr_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """
     _check("zlpr", logits, labels)
     dtype = compute_dtype(logits)
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        x, y = logits.to(dtype), labels.to(dtype) > 0
-        zero = torch.zeros_like(x[:, :1])
-        pos = torch.logsumexp(torch.cat([(-x).masked_fill(~y, float("-inf")), zero], 1), dim=1)
-        neg = torch.logsumexp(torch.cat([x.masked_fill(y, float("-inf")), zero], 1), dim=1)
-        return (pos + neg).mean()
+    x, y = logits.to(dtype), labels.to(dtype) > 0
+    zero = torch.zeros_like(x[:, :1])
+    pos = torch.logsumexp(torch.cat([(-x).masked_fill(~y, float("-inf")), zero], 1), dim=1)
+    neg = torch.logsumexp(torch.cat([x.masked_fill(y, float("-inf")), zero], 1), dim=1)
+    return (pos + neg).mean()
 
 
+@full_precision
 def asymmetric_loss(logits: Tensor, labels: Tensor, gamma_neg: float = 1.0, gamma_pos: float = 0.0,
                     clip: float = 0.0, eps: float = 1e-5) -> Tensor:
     """Asymmetric loss, mean over B x C as the study's code (defaults are the study's), 0-dim.
@@ -56,19 +57,19 @@ def asymmetric_loss(logits: Tensor, labels: Tensor, gamma_neg: float = 1.0, gamm
     """
     _check("asl", logits, labels)
     dtype = compute_dtype(logits)
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        x, y = logits.to(dtype), labels.to(dtype)
-        p = torch.sigmoid(x)
-        q = 1.0 - p
-        if clip > 0:
-            q = (q + clip).clamp(max=1.0)
-        ell = y * torch.log(p.clamp(min=eps)) + (1.0 - y) * torch.log(q.clamp(min=eps))
-        if gamma_neg > 0 or gamma_pos > 0:
-            truth_prob = p * y + q * (1.0 - y)
-            ell = ell * torch.pow(1.0 - truth_prob, gamma_pos * y + gamma_neg * (1.0 - y))
-        return -ell.mean()
+    x, y = logits.to(dtype), labels.to(dtype)
+    p = torch.sigmoid(x)
+    q = 1.0 - p
+    if clip > 0:
+        q = (q + clip).clamp(max=1.0)
+    ell = y * torch.log(p.clamp(min=eps)) + (1.0 - y) * torch.log(q.clamp(min=eps))
+    if gamma_neg > 0 or gamma_pos > 0:
+        truth_prob = p * y + q * (1.0 - y)
+        ell = ell * torch.pow(1.0 - truth_prob, gamma_pos * y + gamma_neg * (1.0 - y))
+    return -ell.mean()
 
 
+@full_precision
 def bce_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Mean binary cross-entropy with logits over B x C, 0-dim tensor.
 
@@ -78,5 +79,4 @@ def bce_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """
     _check("bce", logits, labels)
     dtype = compute_dtype(logits)
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        return F.binary_cross_entropy_with_logits(logits.to(dtype), labels.to(dtype))
+    return F.binary_cross_entropy_with_logits(logits.to(dtype), labels.to(dtype))
