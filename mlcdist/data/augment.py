@@ -19,6 +19,7 @@ import io
 import math
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -74,9 +75,17 @@ def decode_image(data: bytes, min_side: int) -> Image.Image:
 def random_keep_mask(seeds: Tensor, dim: int, ratio: float) -> Tensor:
     """``B x D`` bool, False at exactly ``m = round(ratio * D)`` entries per row: the ``m``
     smallest of ``splitmix64(seed_b + (j+1) * golden)`` over ``j`` (a seeded random subset)."""
-    keys = seeds[:, None] + torch.arange(1, dim + 1, dtype=torch.int64)[None, :] * GOLDEN
-    drop = splitmix64(keys).argsort(dim=1)[:, : round(ratio * dim)]
-    return torch.ones(seeds.shape[0], dim, dtype=torch.bool).scatter_(1, drop, False)
+    keys = splitmix64(seeds[:, None] + torch.arange(1, dim + 1, dtype=torch.int64)[None, :] * GOLDEN)
+    m = round(ratio * dim)
+    if m == 0:
+        return torch.ones(seeds.shape[0], dim, dtype=torch.bool)
+    # splitmix64 is a bijection and the D inputs of a row differ, so the keys are distinct and
+    # "above the m-th smallest" is exactly "not among the m smallest". A selection, not a sort:
+    # NumPy's introselect takes 1/6 of argsort's time on yeast's 103 features (kthvalue 1/2).
+    if keys.device.type != "cpu":
+        return keys > keys.kthvalue(m, dim=1, keepdim=True).values
+    kth = np.partition(keys.numpy(), m - 1, axis=1)[:, m - 1 : m]
+    return keys > torch.from_numpy(kth)
 
 
 def vector_views(x: Tensor, seeds: Tensor, ratio: float, views: int = 2) -> tuple[Tensor, ...]:

@@ -28,7 +28,9 @@ with another sample of the same batch (cycling over its good samples, with fresh
 salt); in eval mode the entry is masked (``valid=False``). A batch whose samples are all
 unreadable raises (the shard is broken: re-run the converter). ``Loader.skipped`` counts them.
 
-The loader is already split by rank and worker and batched: do NOT pass it to
+Vector shards that fit in memory are read once and batched by indexing (``resident.py``,
+``make_loader``'s default for them): the same batches in the same order, without the per-sample
+decoding. The loader is already split by rank and worker and batched: do NOT pass it to
 ``accelerate.prepare`` (accelerate would re-shard it and break the equal batch counts).
 """
 
@@ -37,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Iterable, Iterator, Literal, Optional
 
 import numpy as np
 import torch
@@ -49,7 +51,7 @@ from mlcdist.data import augment as aug
 from mlcdist.data import gpu_augment
 from mlcdist.data.batch import PretrainBatch, views_to_device
 from mlcdist.data.info import DatasetError, DatasetInfo, join_url, load_dataset_info
-from mlcdist.data.plan import PlanMode, batches_per_rank, plan_worker
+from mlcdist.data.plan import PlanMode, Segment, WorkerPlan, batches_per_rank, plan_worker, resampled_segments
 from mlcdist.data.records import LABELS_MEMBER, Shortfall, decode_labels, decode_vector, read_shard
 from mlcdist.errors import MlcdistError
 from mlcdist.parallel.collectives import world
@@ -155,19 +157,25 @@ class ShardStream(IterableDataset):
 
     # -- raw stream --------------------------------------------------------------------------
 
-    def _raw(self, plan, worker: int) -> Iterator[tuple[int, Optional[dict]]]:
-        """``(global index, raw sample or None)`` for every planned entry; padding is ``(-1, None)``."""
+    def _plan(self, worker: int) -> WorkerPlan:
+        """Plan worker ``worker``'s share of this rank's epoch (``plan.py``)."""
+        return plan_worker(self.shards.sizes, mode=self.plan_mode, seed=self.data.seed, epoch=self.epoch,
+                           rank=self.rank, world_size=self.world_size, batch_size=self.data.batch_size,
+                           num_workers=self.workers, worker=worker, skip_batches=self.skip_batches)
+
+    def _segments(self, plan: WorkerPlan, worker: int) -> Iterable[Segment]:
+        """The shard slices plan worker ``worker`` reads, in reading order."""
         if self.plan_mode == "resampled":
             rng = np.random.default_rng(mix_seed(self.data.seed, self.epoch, self.rank, worker, 0xE5A))
-            sizes = np.asarray(self.shards.sizes, dtype=np.float64)
-            need = plan.batches * self.data.batch_size
-            while need > 0:
-                k = int(rng.choice(len(sizes), p=sizes / sizes.sum()))
-                for pos, sample in read_shard(self.shards.urls[k], 0, min(need, self.shards.sizes[k])):
-                    yield self.shards.offsets[k] + pos, sample
-                need -= min(need, self.shards.sizes[k])
-            return
-        for seg in plan.segments:
+            return resampled_segments(self.shards.sizes, plan.batches * self.data.batch_size, rng)
+        return plan.segments
+
+    def _shuffle_rng(self, worker: int) -> np.random.Generator:
+        return np.random.default_rng(mix_seed(self.data.seed, self.epoch, self.rank, worker, 0x5B))
+
+    def _raw(self, plan: WorkerPlan, worker: int) -> Iterator[tuple[int, Optional[dict]]]:
+        """``(global index, raw sample or None)`` for every planned entry; padding is ``(-1, None)``."""
+        for seg in self._segments(plan, worker):
             for pos, sample in read_shard(self.shards.urls[seg.shard], seg.start, seg.stop):
                 yield self.shards.offsets[seg.shard] + pos, sample
         for _ in range(plan.padding):
@@ -181,13 +189,10 @@ class ShardStream(IterableDataset):
         # DataLoader's round-robin always starts at its worker 0, but rank batch k (the first one
         # after a resume at k) belongs to plan worker k mod W: rotate the roles to match.
         worker = (loader_worker + self.skip_batches) % workers
-        plan = plan_worker(self.shards.sizes, mode=self.plan_mode, seed=self.data.seed, epoch=self.epoch,
-                           rank=self.rank, world_size=self.world_size, batch_size=self.data.batch_size,
-                           num_workers=workers, worker=worker, skip_batches=self.skip_batches)
+        plan = self._plan(worker)
         raw = self._raw(plan, worker)
         if self.plan_mode != "eval":
-            rng = np.random.default_rng(mix_seed(self.data.seed, self.epoch, self.rank, worker, 0x5B))
-            raw = buffer_shuffle(raw, self.data.shuffle_buffer, rng)
+            raw = buffer_shuffle(raw, self.data.shuffle_buffer, self._shuffle_rng(worker))
         self._warned = 0
         for j, chunk in enumerate(chunks(raw, self.data.batch_size)):
             if j >= plan.skip:  # skipped batches cost reading + shuffling, never decoding
@@ -307,7 +312,8 @@ class Loader:
             raise ValueError(f"skip_batches={skip_batches} is outside 0..{len(self)} (batches per epoch)")
         self.stream.epoch, self.stream.skip_batches = epoch, skip_batches
 
-    def __iter__(self) -> Iterator[dict]:
+    def _source(self) -> Iterator[dict]:
+        """The epoch's raw batches (with ``shortfall`` and ``skipped``), from DataLoader workers."""
         workers = self.stream.data.num_workers
         loader = DataLoader(self.stream, batch_size=None, num_workers=workers,
                             pin_memory=torch.cuda.is_available(), persistent_workers=False,
@@ -316,8 +322,11 @@ class Loader:
                             # a private generator: the DataLoader draws its base seed from it,
                             # so iterating never advances the global RNG (exact resume)
                             generator=torch.Generator().manual_seed(self.stream.data.seed))
+        return iter(loader)
+
+    def __iter__(self) -> Iterator[dict]:
         before = self.skipped
-        batches = iter(loader)
+        batches = self._source()
         try:
             for batch in batches:
                 self._check_shortfall(batch.pop("shortfall"))
@@ -355,15 +364,26 @@ def ignore_stop_signals(worker_id: int) -> None:
 
 def make_loader(location: str, data: DataConfig, augment: AugmentConfig, *, mode: Mode,
                 rank: Optional[int] = None, world_size: Optional[int] = None,
-                epoch: int = 0, skip_batches: int = 0) -> Loader:
+                epoch: int = 0, skip_batches: int = 0, resident: Optional[bool] = None) -> Loader:
     """Batches of ``location`` for this rank (see module docstring). ``rank``/``world_size``
-    default to the initialised process group (else 0/1). Do not ``accelerate.prepare`` it."""
+    default to the initialised process group (else 0/1). Do not ``accelerate.prepare`` it.
+
+    ``resident``: read vector shards once into memory and batch by indexing (``resident.py``;
+    the same batches as streaming). ``None`` (default): when the vectors fit in
+    ``resident.RESIDENT_MAX_BYTES``; ``False``: always stream."""
+    from mlcdist.data import resident as res
+
     if mode not in ("pretrain", "eval"):
         raise ValueError(f"mode {mode!r} must be 'pretrain' or 'eval'")
     group_rank, group_size = world()
     rank = group_rank if rank is None else rank
     world_size = group_size if world_size is None else world_size
     info, shards = resolve(location)
-    loader = Loader(ShardStream(info, shards, data, augment, mode, rank, world_size))
+    if resident is None:
+        resident = res.fits_in_memory(info)
+    if resident and info.modality == "vector":
+        loader: Loader = res.ResidentLoader(res.ResidentVectors(info, shards, data, augment, mode, rank, world_size))
+    else:
+        loader = Loader(ShardStream(info, shards, data, augment, mode, rank, world_size))
     loader.set_epoch(epoch, skip_batches)
     return loader

@@ -27,7 +27,7 @@ Resuming at rank batch ``k`` skips the first ``k_w = |range(w, min(k, b), W)|`` 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -144,3 +144,14 @@ def plan_worker(
     order = shard_order(len(sizes), seed, epoch, shuffle=(mode == "train"))
     segments = segments_between(sizes, order, first + real_lo, first + real_hi)
     return WorkerPlan(mine, skip, tuple(segments), (hi - lo) - (real_hi - real_lo))
+
+
+def resampled_segments(sizes: Sequence[int], need: int, rng: np.random.Generator) -> Iterator[Segment]:
+    """``resampled`` mode: whole shards drawn with replacement (probability proportional to their
+    size) until ``need`` samples are covered; the last draw is cut short."""
+    weights = np.asarray(sizes, dtype=np.float64)
+    while need > 0:
+        k = int(rng.choice(len(weights), p=weights / weights.sum()))
+        take = min(need, int(sizes[k]))
+        yield Segment(k, 0, take)
+        need -= take

@@ -5,8 +5,11 @@ nesting allowed) names the label attributes; every other attribute is a feature.
 the ARFF column order of the label attributes (as Mulan does); features become a float32
 vector in column order. Rows are dense (``v1,v2,...``) or sparse (``{index value, ...}``,
 absent entries are 0). ARFF quirks handled: ``%`` comments, case-insensitive ``@attribute`` /
-``@data``, quoted attribute names with spaces, ``numeric|real|integer|{0,1}`` types, quoted
-values. Missing values (``?``) and non-numeric features are errors naming the line.
+``@data``, attribute names quoted as ARFF (and Weka) quote them: in single or double quotes, with
+backslash escapes (``\\'`` ``\\"`` ``\\\\`` ``\\%``, ``\\t`` ``\\n``: :func:`split_name`), so that they
+match the XML's names; ``numeric|real|integer|{0,1}`` types, quoted values. Missing values
+(``?``) and non-numeric features are errors naming the line; names in messages are printed as
+parsed, in single quotes (no ``repr`` escaping, which would double every backslash).
 
 Standardisation (``standardize_with``): the MulSupCon authors' code fits scikit-learn's
 ``StandardScaler`` on the TRAIN split and applies it to every split; their MLP and its 50%
@@ -19,7 +22,8 @@ with train statistics (no test information leaks into the features). They are re
 
 from __future__ import annotations
 
-import shlex
+import difflib
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,13 +53,45 @@ def read_label_names(xml_path: str | Path) -> list[str]:
     return [el.get("name") for el in labels]
 
 
+# Backslash escapes inside a quoted ARFF name, as Weka reads them (java.io.StreamTokenizer; Weka's
+# Utils.quote writes \\ \' \" \% \t \n \r): these letters are control characters, any other
+# escaped character stands for itself.
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "v": "\v", "a": "\a"}
+
+
+def split_name(text: str) -> tuple[str, str]:
+    """``'a \\'name\\''  numeric`` -> (``a 'name'``, ``numeric``): an ARFF name (single- or
+    double-quoted with backslash escapes, or a bare word) and the rest of the line."""
+    text = text.lstrip()
+    if not text:
+        raise ValueError("no attribute name")
+    quote = text[0]
+    if quote not in "'\"":
+        name = re.match(r"[^\s{]+", text).group(0)  # a bare name ends at a space or a nominal {
+        return name, text[len(name):].strip()
+    chars, i = [], 1
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            chars.append(_ESCAPES.get(text[i + 1], text[i + 1]))
+            i += 2
+        elif c == quote:
+            return "".join(chars), text[i + 1:].strip()
+        else:
+            chars.append(c)
+            i += 1
+    raise ValueError(f"the name's {quote} quote is never closed")
+
+
 def _attribute(line: str, path: Path, lineno: int) -> tuple[str, str]:
     """``@attribute 'a name' numeric`` -> (name, type)."""
     try:
-        parts = shlex.split(line[len("@attribute") :].strip(), posix=True)
-        return parts[0], " ".join(parts[1:]).lower()
-    except (ValueError, IndexError):
-        raise AnnotationError(f"{path}:{lineno}: cannot parse attribute line {line!r}") from None
+        name, kind = split_name(line[len("@attribute"):])
+    except ValueError as err:
+        raise AnnotationError(f"{path}:{lineno}: cannot parse attribute line {line} ({err})") from None
+    if not kind:
+        raise AnnotationError(f"{path}:{lineno}: attribute '{name}' has no type: {line}")
+    return name, kind.lower()
 
 
 def _value(token: str) -> float:
@@ -146,7 +182,10 @@ def _split_columns(arff: str | Path, xml: str | Path, label_names: list[str],
     names = [name for name, _ in attributes]
     missing = [n for n in label_names if n not in names]
     if missing:
-        raise AnnotationError(f"{xml}: label {missing[0]!r} is not an attribute of {arff}")
+        close = difflib.get_close_matches(missing[0], names, n=1, cutoff=0.6)
+        hint = f"; its closest attribute is '{close[0]}'" if close else ""
+        raise AnnotationError(f"{xml}: label '{missing[0]}' is not an attribute of {arff}{hint} "
+                              "(names are compared after ARFF unquoting: \\' is ', \\\\ is \\)")
     wanted = set(label_names)
     label_cols = [i for i, n in enumerate(names) if n in wanted]
     feature_cols = [i for i, n in enumerate(names) if n not in wanted]
@@ -154,7 +193,7 @@ def _split_columns(arff: str | Path, xml: str | Path, label_names: list[str],
         kind = attributes[i][1]
         if kind.split()[0] in ("string", "date", "relational"):
             raise AnnotationError(
-                f"{arff}: feature attribute {names[i]!r} has type {kind!r}; only numeric features"
+                f"{arff}: feature attribute '{names[i]}' has type {kind}; only numeric features"
             )
     return label_cols, feature_cols
 
@@ -195,7 +234,7 @@ def list_arff(arff: str | Path, xml: str | Path,
     if len(bad):
         r, c = bad[0]
         raise AnnotationError(
-            f"{arff}: data row {r + 1}, label {names[label_cols[c]]!r} is {labels[r, c]}, "
+            f"{arff}: data row {r + 1}, label '{names[label_cols[c]]}' is {labels[r, c]}, "
             "expected 0 or 1"
         )
     features = np.ascontiguousarray(data[:, feature_cols])

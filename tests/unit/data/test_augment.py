@@ -103,6 +103,18 @@ def test_vector_masks_exact_ratio_and_uniform():
     assert (v1 != v2).any(1).float().mean() > 0.9  # two views mask differently
 
 
+@pytest.mark.parametrize("dim,ratio", [(103, 0.5), (10, 0.3), (7, 0.0), (7, 1.0), (1, 0.5), (500, 0.25)])
+def test_vector_mask_is_the_m_smallest_hashes(dim, ratio):
+    """The kthvalue form equals the definition: drop the m smallest of splitmix64(seed + (j+1)*golden)."""
+    from mlcdist.seeds import GOLDEN, splitmix64
+
+    seeds = sample_seeds(3, 2, torch.arange(300))
+    keys = splitmix64(seeds[:, None] + torch.arange(1, dim + 1, dtype=torch.int64)[None, :] * GOLDEN)
+    drop = keys.argsort(dim=1)[:, : round(ratio * dim)]
+    expected = torch.ones(300, dim, dtype=torch.bool).scatter_(1, drop, False)
+    assert torch.equal(random_keep_mask(seeds, dim, ratio), expected)
+
+
 def test_decode_draft_and_corrupt():
     buf = io.BytesIO()
     Image.fromarray(np.full((768, 1024, 3), 120, np.uint8)).save(buf, "JPEG", quality=90)
