@@ -21,7 +21,8 @@ model           the query encoder's full state dict (``backbone.*`` + ``head.*``
 key             the momentum key encoder's state dict (contrastive runs)
 optimizer       full optimizer state (None under DeepSpeed: its engine folder holds it)
 queue           the labelled key queue; ``scaler``: fp16 loss scaler (``{}`` if none)
-counters        ``{"step", "epoch", "micro"}``; ``world_size``: processes of the run
+counters        ``{"step", "epoch", "micro", "loss"}`` (``loss``: the last step's, may be absent
+                in older checkpoints); ``world_size``: processes of the run
 config          the resolved recipe as YAML text (architecture, loss, data, ...)
 num_classes     classes of the training set; ``feature_dim``: vector width (None for images)
 class_names     the training set's class names; ``dataset``: its name (both absent in

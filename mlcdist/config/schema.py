@@ -261,12 +261,19 @@ class CheckpointConfig:
 
 @dataclass
 class LoggingConfig:
+    """``report_to``: experiment trackers fed through Accelerate (``mlcdist/train/tracking.py``),
+    e.g. ``[tensorboard]``; each needs its package (``pip install 'mlcdist[track]'``)."""
+
     run_dir: str = "runs/default"
     every_steps: int = 10
     progress: bool = True
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive",
+                            "swanlab", "trackio"]] = field(default_factory=list)
 
     def validate(self) -> None:
         _positive(self, "every_steps")
+        if len(set(self.report_to)) != len(self.report_to):
+            raise _bad("report_to", f"{self.report_to} names a tracker twice")
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
     python -m mlcdist.eval [run] CHECKPOINT [--recipe EVAL.yaml] [options] [dotted.key=value ...]
     python -m mlcdist.eval compare RUN_A RUN_B ... [--plot FILE]
+    python -m mlcdist.eval plot RUN              # RUN/loss_curve.png from metrics.jsonl
     accelerate launch --config_file recipes/accelerate/ddp.yaml -m mlcdist.eval CHECKPOINT ...
 
 ``run`` is the default command: a first argument that is not a command name is a checkpoint.
@@ -65,6 +66,11 @@ def configure_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", metavar="FILE.png", help="also draw the test metrics side by side into FILE.png")
 
 
+def configure_plot(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="training run folder (holding metrics.jsonl)")
+    p.add_argument("--out", help="PNG to write (default RUN/loss_curve.png)")
+
+
 RUN_EPILOG = (
     "examples:\n"
     f"  {PROG} runs/demo\n"
@@ -82,6 +88,9 @@ COMMANDS: list[Command] = [
     Command("compare", "print the test metrics of eval runs side by side (and plot them with --plot)",
             configure_compare, "mlcdist.eval.compare:compare_command",
             f"example:\n  {PROG} compare runs/demo/eval/linear runs/demo/eval/linear-random --plot cmp.png"),
+    Command("plot", "draw a training run's loss_curve.png from its metrics.jsonl",
+            configure_plot, "mlcdist.report.loss_curve:plot_command",
+            f"example:\n  {PROG} plot runs/demo"),
 ]
 DEFAULT_COMMAND = "run"
 

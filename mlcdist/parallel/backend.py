@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from enum import Enum
-from typing import Optional
+from pathlib import Path
+from typing import Optional, Sequence
 
 import torch
 
@@ -54,10 +55,14 @@ def check_precision(mixed_precision: str) -> None:
                            "autocast or loss scaler on CPU); use precision.mixed=bf16 or no")
 
 
-def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1, timeout_minutes: float = 10.0):
+def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1, timeout_minutes: float = 10.0, *,
+                     log_with: Sequence[str] = (), run_dir: Optional[Path] = None):
     """An Accelerator for this process; gloo on CPU, fp16 only on CUDA; collectives give up
-    after ``timeout_minutes`` (``parallel.timeout_minutes``)."""
+    after ``timeout_minutes`` (``parallel.timeout_minutes``). ``log_with``: the trackers of
+    ``logging.report_to`` (``train/tracking.py``); local ones write under ``run_dir``
+    (TensorBoard: ``RUN/tensorboard``)."""
     from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
 
     cpu = use_cpu()
     check_precision(mixed_precision)
@@ -69,9 +74,13 @@ def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1, timeout_m
 
     AcceleratorState._reset_state()  # a process may train then evaluate with other precisions
     saved = os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
+    tracking = {}
+    if log_with:
+        tracking = {"log_with": list(log_with), "project_config": ProjectConfiguration(
+            project_dir=str(run_dir), logging_dir=str(Path(run_dir) / "tensorboard"))}
     try:
         accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
-                                  kwargs_handlers=handlers, cpu=cpu)
+                                  kwargs_handlers=handlers, cpu=cpu, **tracking)
     finally:
         if saved is not None:
             os.environ["ACCELERATE_USE_DEEPSPEED"] = saved

@@ -52,14 +52,26 @@ def main(argv: Optional[list[str]] = None) -> int:
     from mlcdist.train.preempt import StopRequest, exit_code
     from mlcdist.train.trainer import Trainer
 
+    from mlcdist.train.runinfo import summary_line
+
+    invocation = {"args": list(sys.argv[1:] if argv is None else argv), "recipe": args.recipe,
+                  "overrides": list(args.overrides)}
     with StopRequest() as stop:  # handlers stay installed until the process reports and returns
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg, invocation=invocation)
         summary = trainer.fit(stop=stop)
         if summary["interrupted"]:
             if trainer.acc.is_main_process:
                 print(f"interrupted at step {summary['step']}; checkpoint written; "
                       "run the same command to resume", file=sys.stderr)
             return exit_code(summary["interrupted"])
-    if trainer.acc.is_main_process:
-        print(f"done: step {summary['step']}, loss {summary['loss']:.4f}, run folder {cfg.logging.run_dir}")
+    if not trainer.acc.is_main_process:
+        return 0
+    if summary["already_complete"]:
+        loss = summary["final_loss"]
+        print(f"complete: {cfg.logging.run_dir} already finished at step {summary['step']}/"
+              f"{summary['total_steps']}, final loss {'unknown' if loss is None else f'{loss:.4f}'}; "
+              "nothing to train (raise schedule.max_steps or schedule.epochs to train on, or set "
+              "logging.run_dir to start a new run)")
+    else:
+        print(f"done: {summary_line(summary)}, run folder {cfg.logging.run_dir}")
     return 0

@@ -28,17 +28,21 @@ class Stateful(Protocol):
 
 @dataclass
 class TrainState:
-    """Where the run is: optimizer steps taken, the epoch, and micro-batches consumed in it."""
+    """Where the run is: optimizer steps taken, the epoch, and micro-batches consumed in it;
+    ``loss`` is the last step's loss when the checkpoint was written (what a restart of a
+    finished run reports; NaN in checkpoints written before it was kept)."""
 
     step: int = 0
     epoch: int = 0
     micro: int = 0
+    loss: float = float("nan")
 
-    def state_dict(self) -> dict[str, int]:
+    def state_dict(self) -> dict[str, float]:
         return asdict(self)
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, float]) -> None:
         self.step, self.epoch, self.micro = int(state["step"]), int(state["epoch"]), int(state["micro"])
+        self.loss = float(state.get("loss", float("nan")))
 
 
 class ScalerState:

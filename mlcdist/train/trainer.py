@@ -3,19 +3,22 @@
 The trainer only loops: the loader's ``to_device`` delivers on-device views, ``parallel``
 wraps and steps the encoders for the backend, ``train.objective`` computes the loss,
 ``train.state`` saves and resumes the stateful parts. The run folder (``logging.run_dir``)
-receives ``config.yaml`` (the resolved recipe), ``metrics.jsonl`` and ``checkpoints/``.
+receives ``config.yaml`` (the resolved recipe), ``metrics.jsonl``, ``run_info.json``
+(``train/runinfo.py``), ``loss_curve.png`` (``report/loss_curve.py``) and ``checkpoints/``;
+``logging.report_to`` trackers get the metrics too (``train/tracking.py``).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from rich.console import Console
 
-from mlcdist.config import RecipeConfig, dump_yaml
+from mlcdist.config import RecipeConfig, dump_yaml, to_dict
 from mlcdist.data.batch import PretrainLoader
 from mlcdist.data.info import DatasetInfo, load_dataset_info
 from mlcdist.errors import NON_FINITE_EXIT, MlcdistError
@@ -33,9 +36,11 @@ from mlcdist.train.collapse import CollapseGuard, collapse_warning, mean_pairwis
 from mlcdist.train.health import checkpoint_hint, first_non_finite
 from mlcdist.train.objective import contrastive_loss, supervised_loss
 from mlcdist.train.preempt import StopRequest
+from mlcdist.train import runinfo
 from mlcdist.train.runlog import RunLog
 from mlcdist.train.skips import check_skipped, job_counts, loader_skipped, skip_record
 from mlcdist.train.state import RunState, ScalerState, TrainState
+from mlcdist.train.tracking import Tracking, check_trackers
 
 
 class NonFiniteLoss(MlcdistError):
@@ -52,12 +57,18 @@ class Trainer:
     """Owns the model, key encoder, queue, optimizer and counters of one pretraining run."""
 
     def __init__(self, cfg: RecipeConfig, *, info: Optional[DatasetInfo] = None,
-                 loader: Optional[PretrainLoader] = None, console: Optional[Console] = None):
+                 loader: Optional[PretrainLoader] = None, console: Optional[Console] = None,
+                 invocation: Optional[dict[str, Any]] = None):
         """``info`` and ``loader`` default to the recipe's train shards; tests inject their own.
-        ``console`` (default: stderr) receives the run's messages and progress."""
+        ``console`` (default: stderr) receives the run's messages and progress. ``invocation``
+        (``{"args", "recipe", "overrides"}``: the train command's; default: this process's
+        command line) goes to run_info.json."""
         self.cfg = cfg
         self.console = console
-        self.acc = make_accelerator(cfg.precision.mixed, cfg.optim.grad_accum, cfg.parallel.timeout_minutes)
+        self.invocation = invocation or {"args": None, "recipe": None, "overrides": []}
+        check_trackers(cfg.logging.report_to)  # a missing tracker package: one error, at start-up
+        self.acc = make_accelerator(cfg.precision.mixed, cfg.optim.grad_accum, cfg.parallel.timeout_minutes,
+                                    log_with=cfg.logging.report_to, run_dir=Path(cfg.logging.run_dir))
         self.strategy = detect_strategy(self.acc)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -115,6 +126,8 @@ class Trainer:
 
     def save(self) -> None:
         self._check_state()  # never publish a checkpoint holding NaN/inf tensors
+        if getattr(self, "_last", None) is not None:
+            self.progress.loss = float(self._last)  # what a restart of a finished run reports
         self.state.save(self.step, {"config": dump_yaml(self.cfg), "num_classes": self.info.num_classes,
                                     "feature_dim": self.info.feature_dim,
                                     "class_names": list(self.info.class_names), "dataset": self.info.name})
@@ -163,6 +176,10 @@ class Trainer:
         resume_from = self.state.latest(cfg.checkpoint.resume)
         if resume_from is not None:
             self.resume(resume_from)
+        self._bad = torch.zeros((), dtype=torch.bool, device=self.acc.device)
+        self._last = torch.tensor(self.progress.loss, device=self.acc.device)  # a finished run's loss
+        if self.step >= self.total_steps:  # nothing to train: report the run, touch no file
+            return self._summary(complete=True, wall=0.0, samples=0)
         log = RunLog(self.run_dir, cfg, main=self.acc.is_main_process, total_steps=self.total_steps,
                      progress=cfg.logging.progress, start_step=self.step, console=self.console)
         for warning in self.state.warnings:
@@ -172,8 +189,8 @@ class Trainer:
         log.message(f"[bold]mlcdist[/] {self.strategy.value} x{self.world}, {self.info.name}: "
                     f"{self.info.num_samples} samples, {self.steps_per_epoch} steps/epoch, "
                     f"{self.total_steps} steps, run folder {self.run_dir}")
-        self._bad = torch.zeros((), dtype=torch.bool, device=self.acc.device)
-        self._last = torch.zeros((), device=self.acc.device)
+        self._start_session(log)
+        status = "failed"
         try:
             while self.step < last_step and not self.interrupted:
                 skipped, micro = loader_skipped(self.loader), self.micro
@@ -188,10 +205,10 @@ class Trainer:
             self._check_finite()
             if not self.state.has(self.step):
                 self.save()
+            status = "interrupted" if self.interrupted else "stopped" if self.step < self.total_steps else "complete"
         finally:
-            log.close()
-        return {"step": self.step, "epoch": self.epoch, "loss": float(self._last),
-                "interrupted": self.interrupted}
+            summary = self._end_session(log, status)
+        return summary
 
     def _run_epoch(self, log: RunLog, last_step: int) -> None:
         """Micro-batches of the current epoch from ``self.micro`` on, until the epoch's last
@@ -200,8 +217,8 @@ class Trainer:
         micro_per_epoch = self.steps_per_epoch * cfg.optim.grad_accum
         self.loader.set_epoch(self.epoch, skip_batches=self.micro)
         restart_accumulation(self.acc)  # checkpoints sit on cycle ends, so epochs start one
-        window_start, window_samples = time.perf_counter(), 0
-        for batch in self.loader:
+        window_start, window_samples, self._wait = time.perf_counter(), 0, 0.0
+        for batch in self._timed(self.loader):
             if self.micro >= micro_per_epoch:
                 break
             value = self.train_step(batch)
@@ -209,16 +226,19 @@ class Trainer:
             self._bad |= ~torch.isfinite(value)
             self._last = value
             window_samples += cfg.data.batch_size * self.world
+            self._samples += cfg.data.batch_size * self.world
             if not self.acc.sync_gradients:
                 continue
             log.advance(self.step)
             if self.step % cfg.logging.every_steps == 0 or self.step == last_step:
                 self._check_finite()
-                elapsed = time.perf_counter() - window_start
-                record = self._record(self._last, window_samples / max(elapsed, 1e-9))
+                elapsed = max(time.perf_counter() - window_start, 1e-9)
+                record = self._record(self._last, window_samples / elapsed)
+                record["data_wait_share"] = round(min(self._wait / elapsed, 1.0), 4)
                 self._guard_collapse(log, record)
                 log.log(record)
-                window_start, window_samples = time.perf_counter(), 0
+                self.tracking.log(record)
+                window_start, window_samples, self._wait = time.perf_counter(), 0, 0.0
             if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0:
                 self._check_finite()
                 self.save()
@@ -235,6 +255,63 @@ class Trainer:
         log.log(record, line=False)
         log.message(f"epoch {self.epoch}: {skipped} of {samples} samples skipped (corrupt or missing)")
         check_skipped(record, self.cfg.data.max_skipped_fraction, checkpoint_hint(self.ckpt_root))
+
+    def _timed(self, loader: PretrainLoader):
+        """The loader's batches; the host time spent waiting for each adds to ``self._wait``."""
+        batches = iter(loader)
+        try:
+            while True:
+                start = time.perf_counter()
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    return
+                self._wait += time.perf_counter() - start
+                yield batch
+        finally:  # an epoch left early (break, error) shuts its loader workers down now
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+
+    # -- the run record -----------------------------------------------------------------------
+
+    def _start_session(self, log: RunLog) -> None:
+        """run_info.json (main process), the trackers, the clocks of the summary."""
+        self._t0, self._samples, self._wait = time.perf_counter(), 0, 0.0
+        self.tracking = Tracking(self.acc, self.cfg.logging.report_to, self.run_dir, to_dict(self.cfg))
+        if self.acc.is_main_process:
+            self._info = runinfo.begin(self.run_dir, runinfo.start_record(
+                args=self.invocation.get("args"), recipe=self.invocation.get("recipe"),
+                overrides=self.invocation.get("overrides", []), world=self.world,
+                backend=self.strategy.value, start_step=self.step))
+
+    def _end_session(self, log: RunLog, status: str) -> dict:
+        """Close the trackers and the log, draw loss_curve.png, finish run_info.json."""
+        summary = self._summary(complete=False, wall=time.perf_counter() - self._t0, samples=self._samples)
+        self.tracking.close()
+        log.close()
+        if self.acc.is_main_process:
+            from mlcdist.report.loss_curve import plot_loss_curve
+
+            try:
+                plot_loss_curve(self.run_dir)
+            except Exception as err:  # a plot never costs the run; say why there is none
+                log.message(f"[yellow]no loss_curve.png: {type(err).__name__}: {err}[/]")
+            self._info.update(end_time=runinfo.iso_time(time.time()), status=status,
+                              summary={k: v for k, v in summary.items() if k != "interrupted"})
+            runinfo.write_run_info(self.run_dir, self._info)
+        return summary
+
+    def _summary(self, *, complete: bool, wall: float, samples: int) -> dict:
+        loss = float(self._last)
+        if complete and math.isnan(loss):  # a checkpoint from before the loss was kept in it
+            loss = runinfo.logged_loss(self.run_dir, self.step)
+        peak, kind = runinfo.peak_memory()
+        return {"step": self.step, "total_steps": self.total_steps, "epoch": self.epoch,
+                "loss": loss, "final_loss": None if loss is None or math.isnan(loss) else loss,
+                "interrupted": self.interrupted if not complete else 0, "already_complete": complete,
+                "wall_s": round(wall, 3), "samples_per_s": round(samples / wall, 2) if wall > 0 else 0.0,
+                "peak_mem_gib": round(peak, 3), "peak_mem_kind": kind}
 
     def _check_finite(self) -> None:
         if bool(self._bad):
@@ -264,7 +341,9 @@ class Trainer:
     def _record(self, value: torch.Tensor, samples_per_s: float) -> dict:
         record = {"step": self.step, "epoch": self.epoch, "loss": float(value),
                   "lr": self.optimizer.param_groups[0]["lr"], "samples_per_s": round(samples_per_s, 2)}
-        if self.contrastive:
+        if self.contrastive:  # the momentum of the last EMA update (step - 1)
+            record["momentum"] = momentum_at(self.step - 1, self.total_steps, self.cfg.model.momentum,
+                                             self.cfg.model.momentum_schedule)
             record["queue_fill"] = float(self.queue.fill_fraction())
             out = self._last_out
             if out is not None and out.anchors is not None and out.anchors.shape[0] >= 2:
