@@ -46,13 +46,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(dump_yaml(cfg), end="")
         return 0
     from mlcdist.parallel.backend import check_precision
+    from mlcdist.train.tracking import check_trackers
 
     check_precision(cfg.precision.mixed)  # settings this machine cannot run, then paths: one line each
+    check_trackers(cfg.logging.report_to)
     split_info("data.train", cfg.data.train)
     from mlcdist.train.preempt import StopRequest, exit_code
-    from mlcdist.train.trainer import Trainer
-
     from mlcdist.train.runinfo import summary_line
+    from mlcdist.train.trainer import Trainer
 
     invocation = {"args": list(sys.argv[1:] if argv is None else argv), "recipe": args.recipe,
                   "overrides": list(args.overrides)}
