@@ -105,6 +105,7 @@ class ProbeResult:
     test_features: Tensor
     head_state: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    model_state: dict = field(default_factory=dict)  # finetune: the selected backbone.* + head.*
 
 
 def divergence_warning(history: list[dict], what: str, fix: str) -> Optional[str]:
@@ -278,4 +279,4 @@ def finetune(acc, strategy: Strategy, backbone: nn.Module, width: int, num_class
         log(f"[bold yellow]warning:[/] {warning}")
     return ProbeResult(selector.best_epoch, len(selector.history), selector.history, val_scores,
                        val_targets, torch.sigmoid(test_logits), test_targets, test_feats,
-                       warnings=[warning] if warning else [])
+                       warnings=[warning] if warning else [], model_state=best_state)

@@ -29,6 +29,9 @@ from mlcdist.eval.recipe import (
 from mlcdist.eval.report import build_report, rich_table, write_report
 
 
+FINETUNED_FILE = "finetuned.pt"
+
+
 @dataclasses.dataclass
 class EvalJob:
     """What one evaluation works on (built by :func:`run_eval`, read by the steps below)."""
@@ -105,6 +108,21 @@ def finetune_run(job: EvalJob, backbone: nn.Module, width: int, strategy) -> Pro
                     job.log)
 
 
+def save_finetuned(job: EvalJob, result: ProbeResult) -> Path:
+    """``OUT/finetuned.pt``: the selected epoch's model in the keys ``checkpoint.read`` requires
+    (``model``: ``backbone.*`` + ``head.*``), so eval and ``python -m mlcdist.export`` read it."""
+    from mlcdist import checkpoint
+
+    train = job.infos["train"]
+    path = job.out / FINETUNED_FILE
+    checkpoint.save_file({
+        "model": result.model_state, "kind": "finetuned", "config": dump_yaml(job.cfg),
+        "num_classes": train.num_classes, "feature_dim": train.feature_dim,
+        "class_names": list(train.class_names), "selected_epoch": result.selected_epoch,
+        "pretrain_checkpoint": None if job.ckpt is None else str(job.ckpt.path)}, path)
+    return path
+
+
 def write_outputs(job: EvalJob, result: ProbeResult, plots: bool) -> dict:
     """``metrics.json`` / ``metrics.md`` / plots / the resolved recipe in the eval folder."""
     cfg, infos, ckpt, train = job.cfg, job.infos, job.ckpt, job.infos["train"]
@@ -124,6 +142,8 @@ def write_outputs(job: EvalJob, result: ProbeResult, plots: bool) -> dict:
     (job.out / "config.yaml").write_text(dump_yaml(cfg))
     if result.head_state:
         torch.save(result.head_state, job.out / "linear_head.pt")
+    if result.model_state:
+        save_finetuned(job, result)
     safe = write_report(job.out, report, train.class_names, result.test_features, result.test_targets,
                         plots=plots)
     return safe
@@ -175,5 +195,7 @@ def run_eval(args: argparse.Namespace) -> Optional[dict]:
     safe = write_outputs(job, result, plots=not args.no_plots)
     console.print(rich_table(safe))
     console.print(f"wrote {job.out / 'metrics.json'}, metrics.md" + ("" if args.no_plots else
-                  ", per_class_ap.png, class_similarity.png, curves.png"))
+                  ", per_class_ap.png, class_similarity.png, curves.png") +
+                  (f", {FINETUNED_FILE} (python -m mlcdist.export {job.out / FINETUNED_FILE})"
+                   if result.model_state else ""))
     return safe
