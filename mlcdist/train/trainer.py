@@ -305,10 +305,11 @@ class Trainer:
     def _summary(self, *, complete: bool, wall: float, samples: int) -> dict:
         loss = float(self._last)
         if complete and math.isnan(loss):  # a checkpoint from before the loss was kept in it
-            loss = runinfo.logged_loss(self.run_dir, self.step)
+            logged = runinfo.logged_loss(self.run_dir, self.step)
+            loss = float("nan") if logged is None else logged
         peak, kind = runinfo.peak_memory()
         return {"step": self.step, "total_steps": self.total_steps, "epoch": self.epoch,
-                "loss": loss, "final_loss": None if loss is None or math.isnan(loss) else loss,
+                "loss": loss, "final_loss": None if math.isnan(loss) else loss,
                 "interrupted": self.interrupted if not complete else 0, "already_complete": complete,
                 "wall_s": round(wall, 3), "samples_per_s": round(samples / wall, 2) if wall > 0 else 0.0,
                 "peak_mem_gib": round(peak, 3), "peak_mem_kind": kind}

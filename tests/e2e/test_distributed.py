@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from support.paths import SUPPORT
+from support.paths import REPO, SUPPORT
 
 WORKER = SUPPORT / "dist_worker.py"
-REPO = WORKER.parents[1]
 
 BACKENDS = {
     "ddp": {},
@@ -27,7 +26,9 @@ BACKENDS = {
 
 
 def run(out: Path, nproc: int, extra_env: dict[str, str]) -> dict:
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", **extra_env}
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", **extra_env,
+           # the workers import this checkout's mlcdist, not whichever one is installed
+           "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     for key in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
         if key not in extra_env:
             env.pop(key, None)

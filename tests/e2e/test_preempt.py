@@ -20,13 +20,12 @@ import pytest
 import torch
 import yaml
 
-from support.paths import SUPPORT
+from support.paths import REPO, SUPPORT
 from support.shardgen import write_split
 
 from mlcdist.train.preempt import StopRequest
 
-WORKER = SUPPORT / "preempt_worker.py"
-REPO = WORKER.parents[1]
+WORKER = SUPPORT / "preempt_worker.py"  # its subprocesses import this checkout's mlcdist (REPO on PYTHONPATH)
 MESSAGE = "; checkpoint written; run the same command to resume"
 
 
