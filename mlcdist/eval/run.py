@@ -110,7 +110,7 @@ def finetune_run(job: EvalJob, backbone: nn.Module, width: int, strategy) -> Pro
 
 def save_finetuned(job: EvalJob, result: ProbeResult) -> Path:
     """``OUT/finetuned.pt``: the selected epoch's model in the keys ``checkpoint.read`` requires
-    (``model``: ``backbone.*`` + ``head.*``), so eval and ``python -m mlcdist.export`` read it."""
+    (``model``: ``backbone.*`` + ``classifier.*``), so eval and ``python -m mlcdist.export`` read it."""
     from mlcdist import checkpoint
 
     train = job.infos["train"]

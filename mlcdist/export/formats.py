@@ -7,7 +7,7 @@ and layers (``timm.create_model("resnet50", num_classes=0)`` has no ``fc`` at al
 is checked by loading it into the target model before anything is written.
 
 A classifier is exported only when the checkpoint has a trained one: eval's finetuned model
-(``head.*``, ``eval/run.py``) or the BCE baseline (``classifier.*``); it becomes ``fc.*`` /
+(``eval/run.py``) and the BCE baseline, both ``models.SupervisedModel`` (``classifier.*``); it becomes ``fc.*`` /
 ``heads.head.*``, so the target model is built with ``num_classes=C`` and loads strictly.
 The projection head and the key encoder are never exported.
 """
@@ -24,7 +24,6 @@ from mlcdist.errors import MlcdistError
 
 FORMATS = ("torchvision", "timm", "safetensors")
 BACKBONE = "backbone."
-TRAINED_CLASSIFIERS = ("head.", "classifier.")  # eval finetune / BCE baseline (not the projection head)
 CLASSIFIER = {"resnet18": "fc.", "resnet50": "fc.", "vit_b_16": "heads.head."}
 TIMM_NAMES = {"resnet18": "resnet18", "resnet50": "resnet50"}
 
@@ -67,7 +66,7 @@ def split_model_state(model: dict[str, torch.Tensor], kind: Optional[str]) -> tu
     if not backbone:
         raise MlcdistError("the checkpoint's model state holds no backbone.* weights; pass a checkpoint "
                            "written by python -m mlcdist.train or eval's finetuned.pt")
-    prefix = "head." if kind == "finetuned" else "classifier." if "classifier.weight" in model else None
+    prefix = "classifier." if "classifier.weight" in model else None
     classifier = {} if prefix is None else {
         k[len(prefix):]: v.detach().clone().contiguous() for k, v in model.items()
         if k in (f"{prefix}weight", f"{prefix}bias")}

@@ -24,16 +24,30 @@ LOSS_CURVE = "loss_curve.png"
 
 def read_metrics(path: Path) -> list[dict]:
     """Step records of ``metrics.jsonl`` in step order (the newest record of a repeated step; a
-    torn last line, left by a killed run, is skipped)."""
+    torn last line, left by a killed run, and event records such as an epoch's skip count are
+    skipped)."""
     by_step: dict[int, dict] = {}
     for line in Path(path).read_text().splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        if isinstance(record, dict) and "step" in record:
+        if isinstance(record, dict) and "step" in record and "event" not in record:  # not the epoch counts
             by_step[int(record["step"])] = record
     return [by_step[s] for s in sorted(by_step)]
+
+
+def read_epoch_ends(path: Path) -> list[int]:
+    """The steps at which epochs ended: the trainer's per-epoch ``{"event": "epoch"}`` records."""
+    ends = set()
+    for line in Path(path).read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("event") == "epoch" and "step" in record:
+            ends.add(int(record["step"]))
+    return sorted(ends)
 
 
 def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -58,14 +72,16 @@ def _title(run_dir: Path) -> str:
     return f"{name}: training curves" + (f" ({details})" if details else "")
 
 
-def _loss_panel(ax, records: list[dict]) -> None:
+def _loss_panel(ax, records: list[dict], epoch_ends: list[int]) -> None:
     steps, loss = _series(records, "loss")
     ax.plot(steps, loss, color="tab:blue", marker="o" if len(steps) < 30 else None, ms=3, label="loss")
     ref_steps, ref = _series(records, "ln_candidates")
     if ref:
         ax.plot(ref_steps, ref, color="grey", ls="--", lw=1, label="ln(candidates): uniform guess")
-    # a record's epoch counts finished epochs, so the last record before a change ends one
-    ends = [a["step"] for a, b in zip(records, records[1:]) if b.get("epoch", 0) != a.get("epoch", 0)]
+    # the last epoch's end is the run's end, not a line; a log without epoch events (older
+    # runs) falls back to the last record before a change of ``epoch``
+    ends = [s for s in epoch_ends if s < records[-1]["step"]] if epoch_ends else [
+        a["step"] for a, b in zip(records, records[1:]) if b.get("epoch", 0) != a.get("epoch", 0)]
     for i, step in enumerate(ends if len(ends) <= 50 else []):  # many epochs: lines would be noise
         ax.axvline(step, color="0.6", ls=":", lw=0.8, label="end of epoch" if i == 0 else None)
     warned = [r["step"] for r in records if r.get("collapse_warning")]
@@ -108,7 +124,7 @@ def plot_loss_curve(run_dir: Path, out: Optional[Path] = None) -> Path:
     if not _series(records, "loss")[1]:
         raise MlcdistError(f"{metrics}: no logged loss yet (the first record comes at logging.every_steps)")
     fig, axes = plt.subplots(3, 1, figsize=(8, 8.5), sharex=True, height_ratios=(2, 1, 1))
-    _loss_panel(axes[0], records)
+    _loss_panel(axes[0], records, read_epoch_ends(metrics))
     _twin_panel(axes[1], records, ("lr", "learning rate", "tab:green"), ("momentum", "key momentum", "tab:purple"))
     if not _twin_panel(axes[2], records, ("samples_per_s", "samples/s", "tab:orange"),
                        ("data_wait_share", "data-wait share", "tab:brown")):

@@ -93,8 +93,8 @@ def test_finetuned_model_is_saved_and_exports_with_its_classifier(image_run, mon
     state = torch.load(finetuned, weights_only=True)
     x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        logits = torch.nn.functional.linear(mlcdist_backbone(finetuned)(x), state["model"]["head.weight"],
-                                            state["model"]["head.bias"])
+        logits = torch.nn.functional.linear(mlcdist_backbone(finetuned)(x), state["model"]["classifier.weight"],
+                                            state["model"]["classifier.bias"])
         assert torch.equal(model(x), logits)
     card = (image_run / "export-ft" / "README.md").read_text()
     assert "backbone and its trained classifier" in card and "| finetune | finetune | digits-test |" in card

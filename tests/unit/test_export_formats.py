@@ -15,7 +15,7 @@ def test_only_a_trained_classifier_is_exported():
     contrastive = {"backbone.conv.weight": w, "head.0.weight": w, "head.0.bias": b}
     backbone, classifier = split_model_state(contrastive, None)  # head.* is the projection head here
     assert backbone.keys() == {"conv.weight"} and classifier == {}
-    backbone, classifier = split_model_state({"backbone.x": w, "head.weight": w, "head.bias": b}, "finetuned")
+    backbone, classifier = split_model_state({"backbone.x": w, "classifier.weight": w, "classifier.bias": b}, "finetuned")
     assert backbone.keys() == {"x"} and classifier.keys() == {"weight", "bias"}
     _, bce = split_model_state({"backbone.x": w, "classifier.weight": w, "classifier.bias": b}, None)
     assert torch.equal(bce["weight"], w)

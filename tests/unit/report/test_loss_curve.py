@@ -19,7 +19,8 @@ def write_metrics(run, records, tail=""):
 
 def test_read_metrics_keeps_the_newest_record_of_a_step_and_skips_a_torn_line(tmp_path):
     write_metrics(tmp_path, [{"step": 2, "loss": 3.0}, {"step": 4, "loss": 2.0}, {"step": 2, "loss": 2.5},
-                             {"note": "no step"}], tail='{"step": 6, "lo')
+                             {"note": "no step"}, {"event": "epoch", "step": 4, "skipped": 0}],
+                  tail='{"step": 6, "lo')
     assert read_metrics(tmp_path / "metrics.jsonl") == [{"step": 2, "loss": 2.5}, {"step": 4, "loss": 2.0}]
 
 
