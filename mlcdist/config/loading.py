@@ -16,7 +16,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 
@@ -39,6 +39,45 @@ def _type_name(tp: Any) -> str:
     if origin in (list, tuple):
         return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(tp))}]"
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _convert_choice(value: Any, tp: Any, key: str, source: str) -> Any:
+    """A ``Literal`` field: one of its choices, with a "did you mean" for a near miss."""
+    choices = typing.get_args(tp)
+    if value is False and "no" in choices:  # YAML 1.1 reads a bare `no` as false
+        value = "no"
+    if value not in choices:
+        near = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(
+            f"{source}: {key}: {value!r} is not one of {', '.join(map(repr, choices))}{hint}"
+        )
+    return value
+
+
+def _convert_scalar(value: Any, tp: type, key: str, source: str, fail: Callable[..., ConfigError]) -> Any:
+    """A ``bool`` / ``int`` / ``float`` / ``str`` field, strictly (no bool for int, finite floats)."""
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise fail()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail()
+        return value
+    if tp is float:
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads "2e-4" (no dot) as a string
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail()
+        if not math.isfinite(value):  # .nan / .inf / 1e999 would pass every range check as nan
+            raise _NonFinite(f"{source}: {key}: {value!r} is not a finite number; give a finite value")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise fail()
+        return value
+    raise fail()  # pragma: no cover
 
 
 def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
@@ -69,16 +108,7 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
                 continue
         raise fail()
     if origin is Literal:
-        choices = typing.get_args(tp)
-        if value is False and "no" in choices:  # YAML 1.1 reads a bare `no` as false
-            value = "no"
-        if value not in choices:
-            near = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise ConfigError(
-                f"{source}: {key}: {value!r} is not one of {', '.join(map(repr, choices))}{hint}"
-            )
-        return value
+        return _convert_choice(value, tp, key, source)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise fail()
@@ -88,26 +118,8 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
                 raise fail(f" (needs exactly {len(args)} items)")
             return tuple(_convert(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
         return [_convert(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise fail()
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise fail()
-        return value
-    if tp is float:
-        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
-            value = float(value)  # YAML 1.1 reads "2e-4" (no dot) as a string
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise fail()
-        if not math.isfinite(value):  # .nan / .inf / 1e999 would pass every range check as nan
-            raise _NonFinite(f"{source}: {key}: {value!r} is not a finite number; give a finite value")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise fail()
-        return value
+    if tp in (bool, int, float, str):
+        return _convert_scalar(value, tp, key, source, fail)
     raise ConfigError(f"{source}: {key}: unsupported field type {tp!r}")  # pragma: no cover
 
 

@@ -205,6 +205,39 @@ class FinetuneData:
     val_mask: Optional[Tensor]
 
 
+def _finetune_epoch(acc, strategy: Strategy, model: nn.Module, optimizer, data: FinetuneData,
+                    epoch: int, epochs: int) -> float:
+    """One finetuning epoch over ``data.train`` (carved validation rows left out); returns the
+    mean training BCE over the global batch rows it saw."""
+    device = acc.device
+    _, size = world()
+    model.train()
+    total, seen = torch.zeros((), device=device), torch.zeros((), device=device)
+    for batch in track(data.train, length(data.train), f"finetune epoch {epoch}/{epochs}",
+                       enabled=acc.is_main_process, lines=4):
+        keep = batch["valid"].clone()
+        if data.val_mask is not None:
+            keep &= ~data.val_mask[batch["index"].clamp(min=0)]
+        # Padding and carved validation rows stay out of the forward pass (and so out of the
+        # batch-norm statistics); a rank left with < 2 rows (BN needs 2) runs the whole
+        # batch at weight 0, because under DDP every rank must take part in every step.
+        rows = keep.nonzero().squeeze(1) if int(keep.sum()) >= 2 else torch.arange(len(keep))
+        x = batch["input"][rows].to(device, non_blocking=True)
+        y = batch["labels"][rows].to(device, non_blocking=True)
+        weight = keep[rows].to(device, torch.float32)
+        # Sum over this rank's kept rows / global kept rows * world: DDP's gradient average
+        # then equals the gradient of the mean BCE over the global batch.
+        count = all_reduce_sum(weight.sum()).clamp(min=1)
+        with acc.autocast():
+            logits = model(x).float()
+        per_row = F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(1)
+        loss = (per_row * weight).sum() * size / count
+        backward_and_step(acc, strategy, model, optimizer, loss, None)
+        total += (per_row.detach() * weight).sum()
+        seen += weight.sum()
+    return (all_reduce_sum(total) / all_reduce_sum(seen).clamp(min=1)).item()
+
+
 def finetune(acc, strategy: Strategy, backbone: nn.Module, width: int, num_classes: int,
              data: FinetuneData, cfg: EvalConfig,
              log: Callable[[str], None] = lambda _: None) -> ProbeResult:
@@ -222,7 +255,6 @@ def finetune(acc, strategy: Strategy, backbone: nn.Module, width: int, num_class
     model, optimizer = prepare_replicated(acc, strategy, model, optimizer, what="eval.mode=finetune")
     plain = unwrap(model)
     selector = EpochSelector(cfg, inner_optimizer(optimizer))
-    _, size = world()
     val_loader = data.val if data.val is not None else data.train
     best_state, val_scores, val_targets = full_state_dict(acc, strategy, model), None, None
 
@@ -235,31 +267,7 @@ def finetune(acc, strategy: Strategy, backbone: nn.Module, width: int, num_class
         return feats, logits, labels
 
     for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        total, seen = torch.zeros((), device=device), torch.zeros((), device=device)
-        for batch in track(data.train, length(data.train), f"finetune epoch {epoch}/{cfg.epochs}",
-                           enabled=acc.is_main_process, lines=4):
-            keep = batch["valid"].clone()
-            if data.val_mask is not None:
-                keep &= ~data.val_mask[batch["index"].clamp(min=0)]
-            # Padding and carved validation rows stay out of the forward pass (and so out of the
-            # batch-norm statistics); a rank left with < 2 rows (BN needs 2) runs the whole
-            # batch at weight 0, because under DDP every rank must take part in every step.
-            rows = keep.nonzero().squeeze(1) if int(keep.sum()) >= 2 else torch.arange(len(keep))
-            x = batch["input"][rows].to(device, non_blocking=True)
-            y = batch["labels"][rows].to(device, non_blocking=True)
-            weight = keep[rows].to(device, torch.float32)
-            # Sum over this rank's kept rows / global kept rows * world: DDP's gradient average
-            # then equals the gradient of the mean BCE over the global batch.
-            count = all_reduce_sum(weight.sum()).clamp(min=1)
-            with acc.autocast():
-                logits = model(x).float()
-            per_row = F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(1)
-            loss = (per_row * weight).sum() * size / count
-            backward_and_step(acc, strategy, model, optimizer, loss, None)
-            total += (per_row.detach() * weight).sum()
-            seen += weight.sum()
-        train_loss = (all_reduce_sum(total) / all_reduce_sum(seen).clamp(min=1)).item()
+        train_loss = _finetune_epoch(acc, strategy, model, optimizer, data, epoch, cfg.epochs)
         _, val_logits, val_labels = score(val_loader, data.val_mask)
         val_loss, val_metrics = _val_summary(val_logits, val_labels)
         if selector.update(epoch, train_loss, val_loss, val_metrics):
