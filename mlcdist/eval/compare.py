@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mlcdist.errors import MlcdistError
-from mlcdist.eval.report import METRIC_TITLES, PAPER_NOTE, SHORT_TITLES, _fmt
+from mlcdist.eval.labels import METRIC_TITLES, PAPER_NOTE, SHORT_TITLES, data_set, encoder, fmt_metric
 from mlcdist.metrics import METRICS
 
 
@@ -31,22 +31,6 @@ def load_runs(runs: Sequence[str | Path]) -> tuple[list[str], list[dict]]:
     if len(set(labels)) < len(labels):  # same folder names: show more of the path
         labels = [str(Path(r) if Path(r).is_dir() else Path(r).parent) for r in runs]
     return labels, reports
-
-
-def data_set(report: dict, split: str) -> str:
-    """``NAME (N samples)`` of a run's split, from its ``datasets`` record."""
-    entry = report.get("datasets", {}).get(split, {})
-    count = entry.get("num_samples", report.get("num_rows", {}).get(split))
-    return f"{entry.get('name', '?')}" + (f" ({count})" if count is not None else "")
-
-
-def encoder(report: dict) -> str:
-    """``random`` or ``RUN step-N`` of the checkpoint (``RUN/checkpoints/step-N/state.pt``)."""
-    if report.get("random_init"):
-        return "random"
-    path = Path(str(report.get("checkpoint", "?")))
-    step = path.parent
-    return f"{step.parent.parent.name} {step.name}" if step.parent.name == "checkpoints" else step.name
 
 
 def compare_warnings(labels: Sequence[str], reports: Sequence[dict]) -> list[str]:
@@ -84,7 +68,7 @@ def build_table(labels: Sequence[str], reports: Sequence[dict]):
             values = [rep.get("test", {}).get(protocol, {}).get(m) for rep in reports]
             finite = [v for v in values if v is not None]
             best = max(finite) if finite else None
-            cells = [f"[bold]{_fmt(v)}[/]" if v is not None and v == best and len(finite) > 1 else _fmt(v)
+            cells = [f"[bold]{fmt_metric(v)}[/]" if v is not None and v == best and len(finite) > 1 else fmt_metric(v)
                      for v in values]
             table.add_row(f"{METRIC_TITLES[m]} ({SHORT_TITLES[protocol]})", *cells)
         table.add_section()

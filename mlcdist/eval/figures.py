@@ -168,8 +168,7 @@ def plot_curves(history: Sequence[dict], selected_epoch: int, select_metric: str
 def plot_compare(labels: Sequence[str], reports: Sequence[dict], path: Path) -> None:
     """Grouped bars: the six clean (threshold 0.5) test metrics, one bar per run, values on
     top; the legend names each run's encoder and test data (a title warns when they differ)."""
-    from mlcdist.eval.compare import data_set, encoder
-    from mlcdist.eval.report import METRIC_TITLES
+    from mlcdist.eval.labels import METRIC_TITLES, data_set, encoder
     from mlcdist.metrics import METRICS
 
     plt = _pyplot()

@@ -18,19 +18,11 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor
 
+from mlcdist.eval.labels import METRIC_TITLES, PAPER_NOTE, PROTOCOL_TITLES, SHORT_TITLES, encoder, fmt_metric
 from mlcdist.metrics import (
     METRICS, multilabel_metrics, paper_protocol_metrics, per_class_average_precision,
     validation_tuned_metrics,
 )
-
-METRIC_TITLES = {"mAP": "mAP", "hamming_accuracy": "Hamming acc.", "example_f1": "example-F1",
-                 "macro_f1": "macro-F1", "micro_f1": "micro-F1", "precision_at_1": "P@1"}
-PROTOCOL_TITLES = {"clean": "clean (threshold 0.5)",
-                   "val_tuned": "validation-tuned thresholds",
-                   "paper": "paper (optimistic: thresholds tuned on test)"}
-SHORT_TITLES = {"clean": "clean @0.5", "val_tuned": "val-tuned", "paper": "paper*"}
-PAPER_NOTE = "* paper protocol: thresholds tuned on the test set itself (optimistic upper bound)"
-
 
 def json_safe(value: Any) -> Any:
     """nan/inf -> None (strict JSON), tensors -> lists, recursively."""
@@ -83,13 +75,9 @@ def score_report(val_scores: Tensor, val_targets: Tensor, test_scores: Tensor, t
     }
 
 
-def _fmt(value: Optional[float]) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
-
-
 def table_rows(report: dict, titles: dict = PROTOCOL_TITLES) -> list[list[str]]:
     """One row per protocol: title, then the six test metrics."""
-    return [[titles[p]] + [_fmt(report["test"][p][m]) for m in METRICS]
+    return [[titles[p]] + [fmt_metric(report["test"][p][m]) for m in METRICS]
             for p in titles if p in report["test"]]
 
 
@@ -107,7 +95,7 @@ def markdown_table(report: dict) -> str:
              "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(report)]
     lines += ["", "| class | AP |", "|---|---|"]
-    lines += [f"| {name} | {_fmt(ap)} |" for name, ap in report["per_class_ap"].items()]
+    lines += [f"| {name} | {fmt_metric(ap)} |" for name, ap in report["per_class_ap"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -145,7 +133,6 @@ def write_report(out_dir: Path, report: dict, class_names: Sequence[str], test_f
 def write_figures(out_dir: Path, report: dict, class_names: Sequence[str], test_features: Tensor,
                   test_targets: Tensor) -> None:
     from mlcdist.eval import figures
-    from mlcdist.eval.compare import encoder
 
     subject = figures.RANDOM_NOTE if report.get("random_init") else encoder(report)
     what = f"{report['mode']}{' transfer' if report.get('transfer') else ''}"
