@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from mlcdist.config import AugmentConfig, DataConfig  # noqa: E402
 from mlcdist.data.augment import decode_image, draft_side  # noqa: E402
-from mlcdist.data.pipeline import make_loader, resolve  # noqa: E402
+from mlcdist.data.loaders import make_loader  # noqa: E402
+from mlcdist.data.pipeline import resolve  # noqa: E402
 from mlcdist.data.records import EncodedSample, read_shard  # noqa: E402
 from mlcdist.data.shards import write_dataset  # noqa: E402
 

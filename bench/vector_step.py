@@ -42,7 +42,7 @@ from rich.console import Console  # noqa: E402
 
 from mlcdist.config import load_recipe  # noqa: E402
 from mlcdist.data.encode import npy_bytes  # noqa: E402
-from mlcdist.data.pipeline import make_loader  # noqa: E402
+from mlcdist.data.loaders import make_loader  # noqa: E402
 from mlcdist.data.records import EncodedSample  # noqa: E402
 from mlcdist.data.shards import write_dataset  # noqa: E402
 from mlcdist.losses import multilabel_supcon  # noqa: E402

@@ -3,6 +3,7 @@
 Usage::
 
     loader = make_loader(cfg.data.train, cfg.data, cfg.augment, mode="pretrain", rank=r, world_size=R)
+    # make_loader (``loaders.py``) picks this module's streaming Loader or ``resident.py``'s
     for epoch in range(first, last):
         loader.set_epoch(epoch, skip_batches=k if resuming else 0)
         for batch in loader: ...   # exactly len(loader) - k batches on every rank
@@ -29,7 +30,7 @@ salt); in eval mode the entry is masked (``valid=False``). A batch whose samples
 unreadable raises (the shard is broken: re-run the converter). ``Loader.skipped`` counts them.
 
 Vector shards that fit in memory are read once and batched by indexing (``resident.py``,
-``make_loader``'s default for them): the same batches in the same order, without the per-sample
+``loaders.make_loader``'s default for them): the same batches in the same order, without the per-sample
 decoding. The loader is already split by rank and worker and batched: do NOT pass it to
 ``accelerate.prepare`` (accelerate would re-shard it and break the equal batch counts).
 """
@@ -54,7 +55,6 @@ from mlcdist.data.info import DatasetError, DatasetInfo, join_url, load_dataset_
 from mlcdist.data.plan import PlanMode, Segment, WorkerPlan, batches_per_rank, plan_worker, resampled_segments
 from mlcdist.data.records import LABELS_MEMBER, Shortfall, decode_labels, decode_vector, read_shard
 from mlcdist.errors import MlcdistError
-from mlcdist.parallel.collectives import world
 from mlcdist.seeds import mix_seed, sample_seeds
 
 log = logging.getLogger("mlcdist.data")
@@ -360,30 +360,3 @@ def ignore_stop_signals(worker_id: int) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-
-
-def make_loader(location: str, data: DataConfig, augment: AugmentConfig, *, mode: Mode,
-                rank: Optional[int] = None, world_size: Optional[int] = None,
-                epoch: int = 0, skip_batches: int = 0, resident: Optional[bool] = None) -> Loader:
-    """Batches of ``location`` for this rank (see module docstring). ``rank``/``world_size``
-    default to the initialised process group (else 0/1). Do not ``accelerate.prepare`` it.
-
-    ``resident``: read vector shards once into memory and batch by indexing (``resident.py``;
-    the same batches as streaming). ``None`` (default): when the vectors fit in
-    ``resident.RESIDENT_MAX_BYTES``; ``False``: always stream."""
-    from mlcdist.data import resident as res
-
-    if mode not in ("pretrain", "eval"):
-        raise ValueError(f"mode {mode!r} must be 'pretrain' or 'eval'")
-    group_rank, group_size = world()
-    rank = group_rank if rank is None else rank
-    world_size = group_size if world_size is None else world_size
-    info, shards = resolve(location)
-    if resident is None:
-        resident = res.fits_in_memory(info)
-    if resident and info.modality == "vector":
-        loader: Loader = res.ResidentLoader(res.ResidentVectors(info, shards, data, augment, mode, rank, world_size))
-    else:
-        loader = Loader(ShardStream(info, shards, data, augment, mode, rank, world_size))
-    loader.set_epoch(epoch, skip_batches)
-    return loader

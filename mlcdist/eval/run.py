@@ -48,7 +48,7 @@ class EvalJob:
 
     def loader(self, split: str):
         from mlcdist.data.cpus import cap_num_workers
-        from mlcdist.data.pipeline import make_loader
+        from mlcdist.data.loaders import make_loader
 
         cfg = self.cfg
         data_cfg = dataclasses.replace(cfg.data, batch_size=cfg.eval.batch_size,

@@ -111,7 +111,7 @@ class Trainer:
 
     def _shard_loader(self) -> PretrainLoader:
         from mlcdist.data.cpus import cap_num_workers
-        from mlcdist.data.pipeline import make_loader
+        from mlcdist.data.loaders import make_loader
 
         self.cfg.data.num_workers = cap_num_workers(self.cfg.data.num_workers)  # recorded in config.yaml
         return make_loader(self.cfg.data.train, self.cfg.data, self.cfg.augment, mode="pretrain",

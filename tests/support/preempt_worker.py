@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-import mlcdist.data.pipeline as pipeline
+import mlcdist.data.loaders as loaders
 from mlcdist.config import load_recipe
 from mlcdist.train import main
 
@@ -45,6 +45,6 @@ if __name__ == "__main__":
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / f"pid-rank{os.environ.get('RANK', '0')}").write_text(str(os.getpid()))
     delay = float(os.environ.get("PREEMPT_TEST_DELAY", "0.15"))
-    real = pipeline.make_loader
-    pipeline.make_loader = lambda *a, **k: SlowLoader(real(*a, **k), delay)
+    real = loaders.make_loader
+    loaders.make_loader = lambda *a, **k: SlowLoader(real(*a, **k), delay)
     sys.exit(main(argv))

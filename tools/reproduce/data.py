@@ -81,7 +81,7 @@ def load_vectors(location: Path) -> tuple[Tensor, Tensor, list[str], str]:
     """Features, labels, class names and the ``dataset.json`` sha256 of a vector shard folder,
     read through the eval pipeline (every sample once, in dataset order)."""
     from mlcdist.config import AugmentConfig, DataConfig
-    from mlcdist.data.pipeline import make_loader
+    from mlcdist.data.loaders import make_loader
     from mlcdist.eval.features import collect
 
     loader = make_loader(str(location), DataConfig(batch_size=512, num_workers=0),

@@ -20,7 +20,7 @@ from mlcdist.config import AugmentConfig, DataConfig, from_dict
 from mlcdist.data import gpu_augment as ga
 from mlcdist.data.augment import (
     IMAGENET_MEAN, IMAGENET_STD, image_views, pretrain_image_transform)
-from mlcdist.data.pipeline import make_loader
+from mlcdist.data.loaders import make_loader
 from mlcdist.seeds import sample_seeds
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)

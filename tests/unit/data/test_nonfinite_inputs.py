@@ -12,7 +12,7 @@ from support.shardgen import npy_bytes, write_split
 
 from mlcdist.config import AugmentConfig, DataConfig
 from mlcdist.data.info import load_dataset_info
-from mlcdist.data.pipeline import make_loader
+from mlcdist.data.loaders import make_loader
 from mlcdist.data.encode import SampleSpec
 from mlcdist.data.shards import write_shards
 from mlcdist.data.verify import verify

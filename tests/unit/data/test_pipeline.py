@@ -13,7 +13,8 @@ import torch
 from support.shardgen import write_split
 
 from mlcdist.config import AugmentConfig, DataConfig
-from mlcdist.data.pipeline import ShardShortfallError, make_loader, multi_hot, resolve
+from mlcdist.data.loaders import make_loader
+from mlcdist.data.pipeline import ShardShortfallError, multi_hot, resolve
 from mlcdist.data.plan import (
     batches_per_rank, plan_worker, segments_between, shard_order, worker_batches, worker_skip)
 
@@ -217,9 +218,9 @@ def test_missing_shard_keeps_batch_count(tmp_path, caplog):
 
 
 def test_rank_and_world_default_to_the_process_group(vectors, monkeypatch):
-    from mlcdist.data import pipeline
+    from mlcdist.data import loaders
 
-    monkeypatch.setattr(pipeline, "world", lambda: (1, 2))  # what parallel.collectives.world says
+    monkeypatch.setattr(loaders, "world", lambda: (1, 2))  # what parallel.collectives.world says
     loader = make_loader(str(vectors[0]), data_cfg(), AUG, mode="eval")
     assert (loader.stream.rank, loader.stream.world_size) == (1, 2)
     loader = make_loader(str(vectors[0]), data_cfg(), AUG, mode="eval", rank=0, world_size=1)

@@ -14,7 +14,8 @@ from support.shardgen import write_split
 from mlcdist.config import AugmentConfig, DataConfig
 from mlcdist.data import resident
 from mlcdist.data.encode import npy_bytes
-from mlcdist.data.pipeline import ShardShortfallError, buffer_shuffle, make_loader
+from mlcdist.data.loaders import make_loader
+from mlcdist.data.pipeline import ShardShortfallError, buffer_shuffle
 from mlcdist.data.resident import ResidentLoader, buffered_order
 
 SIZES = [11, 3, 17, 9]  # N = 40, deliberately uneven

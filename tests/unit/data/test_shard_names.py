@@ -11,7 +11,7 @@ from support.shardgen import write_split
 
 from mlcdist.config import AugmentConfig, DataConfig
 from mlcdist.data.info import join_url, load_dataset_info
-from mlcdist.data.pipeline import make_loader
+from mlcdist.data.loaders import make_loader
 from mlcdist.data.verify import verify
 
 DATA = DataConfig(batch_size=2, num_workers=0, shuffle_buffer=1, seed=0)
