@@ -95,7 +95,11 @@ def main() -> None:
     parser.add_argument("--trainer", action="store_true",
                         help="the trainer's study losses, in-batch and MoCo (8,192 / 65,536 candidates)")
     parser.add_argument("--naive-gib", type=float, default=4.0,
-                        help="with --trainer: skip a straightforward form whose label tensors exceed this")
+                        help="with --trainer: a straightforward form whose label tensors exceed this "
+                             "runs in blocks of anchors that fit")
+    parser.add_argument("--naive-seconds", type=float, default=300.0,
+                        help="with --trainer: a blocked form predicted (from its first block) to take "
+                             "longer is not run to the end; the table shows the prediction")
     args = parser.parse_args()
     if args.study:
         return study_table(args)
@@ -140,11 +144,13 @@ def trainer_table(args) -> None:
     for col in ("loss", "C", "setting", "N", "dense ms", "label-tensor ms", f"dense {mem}",
                 f"label-tensor {mem}", "speed-up"):
         table.add_column(col, justify="right")
-    for kind, c, setting, n, td, ts, md, ms, need in trainer_rows(args.batch, args.dim, args.repeats,
-                                                                   args.device, time_fn, args.naive_gib):
-        skipped = f"skipped (needs {need:.0f} GiB)"
-        table.add_row(kind, str(c), setting, f"{n:,}", f"{td * 1e3:.1f}", skipped if ts is None else f"{ts * 1e3:.1f}",
-                      f"{md:.0f}", "-" if ms is None else f"{ms:.0f}", "-" if ts is None else f"{ts / td:.1f}x")
+    table.add_column("label-tensor run")
+    rows = trainer_rows(args.batch, args.dim, args.repeats, args.device, time_fn, args.naive_gib,
+                        args.naive_seconds)
+    for kind, c, setting, n, td, ts, md, ms, how in rows:
+        approx = "~" if how.startswith("~") else ""
+        table.add_row(kind, str(c), setting, f"{n:,}", f"{td * 1e3:.1f}", f"{approx}{ts * 1e3:.1f}",
+                      f"{md:.0f}", f"{ms:.0f}", f"{approx}{ts / td:.1f}x", how)
     Console(width=160).print(table)
 
 

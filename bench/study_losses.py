@@ -92,6 +92,8 @@ def _peak_mib(step, device):
         torch.cuda.reset_peak_memory_stats()
         step()
         return (torch.cuda.max_memory_allocated() - start) / 2**20
+    if torch.get_num_threads() > 1:  # a forked child of an OpenMP-threaded parent can hang for good
+        raise SystemExit("error: the CPU memory probe forks; run with OMP_NUM_THREADS=1")
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: its own high-water mark

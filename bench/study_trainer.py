@@ -1,6 +1,7 @@
 """The trainer's forms of the study's losses (mlcdist.losses.study_terms) vs straightforward label tensors.
 
-    OMP_NUM_THREADS=1 python bench/loss.py --trainer [--batch 256] [--dim 256] [--repeats 2] [--naive-gib 4]
+    OMP_NUM_THREADS=1 python bench/loss.py --trainer [--batch 256] [--dim 256] [--repeats 2] [--naive-gib 4] \
+        [--naive-seconds 300]
 
 Settings: in-batch (the global batch is the candidate set, self excluded: N = B) and MoCo (the batch's
 keys plus a full queue: N = 8,192 and 65,536 candidates, own key included), at C = 54 and 983 labels.
@@ -9,8 +10,10 @@ union, ``einsum('ac,bc->abc')`` (msc) and, for reg, the (B+C) x (N+C) x C label 
 (the study's (B+C)^2 x C in-batch). In-batch they are exactly bench/study_losses.py's study-code forms.
 Both are timed forward + backward in the same run (min of repeats, after one warm-up) and checked to
 agree first. Peak memory: the max-RSS growth of a forked child running one step (CPU, measured), or
-the CUDA peak. A straightforward form is skipped when its label tensors alone (``ALIVE`` of them at the
-peak, float32) would exceed ``--naive-gib``; the table then shows that size.
+the CUDA peak. A straightforward form whose label tensors alone (``ALIVE`` of them at the peak,
+float32) would exceed ``--naive-gib`` runs as the same arithmetic in blocks of anchor rows that fit
+(``study_blocked.py``; its value and gradients are checked against the dense form, its peak is one
+block's); one predicted from its first block to take over ``--naive-seconds`` shows that prediction.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from mlcdist.losses.study_terms import study_terms
+from study_blocked import block_rows, jaccard_block, msc_block, reg_block, run_blocked
 from study_losses import BASELINES, EPS, _peak_mib
 
 KINDS = ("jaccard", "msc", "reg")
@@ -116,22 +120,65 @@ def _fns(kind, x, y, p, keys, key_labels, tau=0.1):
     return dense, naive
 
 
-def trainer_rows(batch, dim, repeats, device, time_fn, naive_gib=4.0):
-    """Rows (kind, C, setting, N, dense ms, naive ms|None, dense MiB, naive MiB|None, naive GiB needed)."""
+def _blocked(kind, x, y, p, keys, key_labels, tau=0.1):
+    """The label-tensor form as row blocks (``study_blocked``), its anchor row count and per-row bytes."""
+    n, c = (len(x) if keys is None else len(keys)), p.shape[0]
+    self_col = torch.arange(len(x), device=x.device) if keys is None else torch.full((len(x),), -1,
+                                                                                       device=x.device)
+    if kind == "jaccard":
+        return jaccard_block(x, y, keys, key_labels, tau, self_col), len(x), ALIVE[kind] * n * c * 4
+    if kind == "msc":
+        return msc_block(x, y, p, keys, key_labels, tau, self_col), len(x), ALIVE[kind] * n * c * 4
+    return reg_block(x, y, p, keys, key_labels, tau), len(x) + c, ALIVE[kind] * (n + c) * c * 4
+
+
+def _blocked_baseline(kind, case, dense, device, naive_gib, naive_seconds):
+    """(seconds, peak MiB, how) of the label-tensor form run in anchor blocks under ``naive_gib``."""
+    x, y, p, keys, key_labels = case
+    block, rows, per_row = _blocked(kind, *case)
+    size = block_rows(per_row, naive_gib)
+    params = (x, p) if kind != "jaccard" else (x,)
+    value, seconds, whole = run_blocked(block, rows, size, params, naive_seconds)
+    blocks = -(-rows // size)
+    if whole:  # same value and same gradients as the dense form
+        got = [q.grad.clone() for q in params]
+        x.grad = p.grad = None
+        want = dense()
+        want.backward()
+        torch.testing.assert_close(value, want.detach(), rtol=1e-4, atol=1e-4)
+        for g, q in zip(got, params):
+            torch.testing.assert_close(g, q.grad, rtol=1e-3, atol=1e-6)
+    x.grad = p.grad = None
+
+    def one_block():
+        part, _ = block(0, min(size, rows))
+        torch.autograd.grad(part, params, allow_unused=True)
+    how = f"{blocks} blocks of {size}" if whole else f"~ from 1 of {blocks} blocks of {size}"
+    return seconds, _peak_mib(one_block, device), how
+
+
+def trainer_rows(batch, dim, repeats, device, time_fn, naive_gib=4.0, naive_seconds=None):
+    """Rows (kind, C, setting, N, dense ms, naive ms, dense MiB, naive MiB, how the naive form ran).
+
+    A label-tensor form whose tensors exceed ``naive_gib`` runs in anchor blocks (``study_blocked``);
+    ``naive_seconds`` caps a blocked run (a longer one is predicted from its first block)."""
     rows = []
     for c, card in ((54, 2.4), (983, 5.0)):
         for setting, n in (("in-batch", batch), ("MoCo", 8192), ("MoCo", 65536)):
-            x, y, p, keys, key_labels = _case(batch, n, c, card, dim, device)
+            case = _case(batch, n, c, card, dim, device)
+            x, y, p, keys, key_labels = case
             for kind in KINDS:
                 dense, naive = _fns(kind, x, y, p, keys, key_labels)
                 need = _naive_bytes(kind, batch, n, c, keys is None) / 2**30
-                ts = ms = None
                 if need <= naive_gib:
                     torch.testing.assert_close(dense(), naive(), rtol=1e-4, atol=1e-4)
                     step = lambda: naive().backward()  # noqa: E731
-                    ts, ms = time_fn(step, repeats, device), _peak_mib(step, device)
+                    ts, ms, how = time_fn(step, repeats, device), _peak_mib(step, device), "whole"
+                else:
+                    ts, ms, how = _blocked_baseline(kind, case, dense, device, naive_gib, naive_seconds)
+                x.grad = p.grad = None
                 step = lambda: dense().backward()  # noqa: E731
                 td, md = time_fn(step, repeats, device), _peak_mib(step, device)
-                rows.append((kind, c, setting, n, td, ts, md, ms, need))
+                rows.append((kind, c, setting, n, td, ts, md, ms, how))
                 x.grad = p.grad = None
     return rows

@@ -39,14 +39,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
-import torch
 from rich.console import Console
 
 from mlcdist.cli import command
-from tools.reproduce.board import ProgressBoard, run_all
-from tools.reproduce.data import DEFAULT_MULAN, ReproduceError, prepare
-from tools.reproduce.jobs import METHODS, RECIPES, Job, finetune_config, pretrain_config
-from tools.reproduce.tables import (
+from tools.study.command import load_average, make_jobs, plain, run_grid
+from tools.study.data import DEFAULT_MULAN, ReproduceError, mulan_source
+from tools.study.tables import (
     PAPER_MULSUPCON,
     PAPER_NOTE,
     TOLERANCE,
@@ -64,20 +62,22 @@ EXAMPLES = ("examples:\n"
             "results: OUT/results.md, OUT/results.json; per run OUT/DATASET/METHOD/seed-S/")
 
 
-def available_datasets() -> list[str]:
-    """Data sets with a pretraining recipe for every method and a finetune recipe."""
-    names = sorted(p.stem for p in RECIPES.glob("*.yaml") if "_" not in p.stem)
-    return [n for n in names if (RECIPES / "finetune" / f"{n}.yaml").is_file()
-            and all((RECIPES / f"{n}_{m}.yaml").is_file() for m in METHODS if m != "mulsupcon")]
+METHODS = ("mulsupcon", "bce", "all", "any")
+
+
+def available_datasets(mulan: Path = DEFAULT_MULAN) -> list[str]:
+    """The Mulan sets in ``mulan`` (a folder per set holding NAME-train.arff); any of them runs:
+    recipes come from ``recipes/NAME.yaml`` or are derived from the vector base (``tools.study``)."""
+    return sorted(p.parent.name for p in mulan.glob("*/*-train.arff") if p.name == f"{p.parent.name}-train.arff")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m tools.reproduce", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__.split("\n\n", 2)[0] + "\n\n" + __doc__.split("\n\n", 2)[2],
+        description=plain(__doc__.split("\n\n", 2)[0] + "\n\n" + __doc__.split("\n\n", 2)[2]),
         epilog=EXAMPLES)
     p.add_argument("targets", nargs="+", metavar="DATASET|KEY=VALUE",
-                   help=f"Mulan sets to run: {', '.join(available_datasets())}; a KEY=VALUE is an "
+                   help="Mulan sets to run (the paper's: yeast scene; any set in --mulan runs); a KEY=VALUE is an "
                         "extra pretraining recipe override for every run, e.g. "
                         "model.head_bn=false (ablations; use another --out)")
     p.add_argument("--mulan", type=Path, default=DEFAULT_MULAN,
@@ -118,11 +118,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args = parser.parse_intermixed_args(argv)
     args.datasets = [t for t in args.targets if "=" not in t]
     args.overrides = args.overrides + [t for t in args.targets if "=" in t]
-    known = available_datasets()
-    for name in args.datasets:
-        if name not in known:
-            parser.error(f"argument DATASET: invalid choice: {name!r} (choose from "
-                         f"{', '.join(map(repr, known))}; an override needs KEY=VALUE)")
+    known = available_datasets(args.mulan)
+    for name in args.datasets:  # an unknown name here; a set with missing files fails in check_args
+        if args.mulan.is_dir() and not (args.mulan / name).is_dir():
+            parser.error(f"DATASET {name!r}: no {args.mulan / name / (name + '-train.arff')} (with "
+                         f"{name}-test.arff and {name}.xml beside it); sets in {args.mulan}: "
+                         f"{', '.join(known) or 'none'}; pass --mulan PATH, or use python -m tools.study "
+                         "--arff-dir/--data for files elsewhere; an override needs KEY=VALUE")
     if not args.datasets:
         parser.error(f"name at least one DATASET ({', '.join(known)})")
     return args
@@ -141,23 +143,8 @@ def check_args(args: argparse.Namespace) -> None:
     if not args.mulan.is_dir():
         raise ReproduceError(f"{args.mulan}: no such folder; pass --mulan PATH, the folder holding "
                              "yeast/ and scene/ with their ARFF and XML files")
-    for job in make_jobs(args)[:: args.seeds]:  # every recipe once (a ConfigError is an
-        pretrain_config(job, Path(job.run_dir))  # MlcdistError: one error line, exit 2)
-        finetune_config(job)
-
-
-def make_jobs(args: argparse.Namespace) -> list[Job]:
-    return [Job(ds, method, seed, str(args.out / ds / method / f"seed-{seed}"), args.epochs,
-                args.finetune_epochs, args.val_fraction, tuple(args.overrides))
-            for ds in args.datasets for method in args.methods for seed in range(args.seeds)]
-
-
-def load_average() -> str:
-    try:
-        one, five, _ = os.getloadavg()
-    except OSError:
-        return "load average unknown"
-    return f"load average {one:.2f} (1 min) / {five:.2f} (5 min) on {os.cpu_count()} CPUs"
+    for name in args.datasets:
+        mulan_source(args.mulan, name)
 
 
 def report(args: argparse.Namespace, results: list[dict], command: str, seconds: float,
@@ -189,18 +176,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     start = time.perf_counter()
     load_before = load_average()
     check_args(args)
+    from tools.study.data import prepare
+
     shards = args.out / ("shards-raw" if args.no_standardize else "shards")
-    data = {ds: prepare(args.mulan, ds, shards, console, not args.no_standardize)
+    data = {ds: prepare(mulan_source(args.mulan, ds), shards, console, not args.no_standardize)
             for ds in args.datasets}
-    jobs = make_jobs(args)
+    jobs = make_jobs(data, args.methods, [1.0], args.seeds, args.out, args, tuple(args.overrides))
     workers = min(args.jobs, len(jobs))
     console.print(f"[bold]reproduce[/] {len(jobs)} runs ({', '.join(args.datasets)} x "
                   f"{', '.join(args.methods)} x {args.seeds} seed(s)), {workers} process(es); "
                   f"{load_before}")
-    if workers == 1:
-        torch.set_num_threads(1)  # these MLPs are too small for intra-op threads to pay off
-    with ProgressBoard(jobs, console, not args.no_progress) as board:
-        results = run_all(jobs, data, workers, board, args.fresh, args.keep_checkpoints)
+    results = run_grid(jobs, data, workers, not args.no_progress, args.fresh, console,
+                       args.keep_checkpoints)
     seconds = time.perf_counter() - start
     report(args, results, line, seconds, f"{load_before} at start, {load_average()} at the end")
     return 0

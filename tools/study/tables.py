@@ -8,13 +8,16 @@ import statistics
 
 from rich.table import Table
 
-from tools.reproduce.jobs import LOG_EVERY
+from tools.study.recipes import LOG_EVERY
 
-METHOD_TITLES = {"mulsupcon": "MulSupCon", "bce": "BCE", "all": "ALL", "any": "ANY"}
+METHOD_TITLES = {"mulsupcon": "MulSupCon", "weighted": "MulSupCon (weighted)", "all": "ALL", "any": "ANY",
+                 "jaccard": "Jaccard SupCon", "proto": "prototypes", "msc": "MSC", "reg": "reg (study)",
+                 "reg_plain": "reg w/o regulariser", "bce": "BCE", "asl": "ASL", "zlpr": "ZLPR"}
 PROTOCOLS = ("paper", "val_tuned")
 PROTOCOL_TITLES = {"paper": "paper*", "val_tuned": "clean"}
 TABLE_METRICS = ("example_f1", "micro_f1", "macro_f1", "hamming_accuracy", "mAP")
-METRIC_TITLES = {"example_f1": "example-F1", "micro_f1": "micro-F1", "macro_f1": "macro-F1",
+ALL_METRICS = (*TABLE_METRICS, "precision_at_1")  # the six of docs/eval.md
+METRIC_TITLES = {"precision_at_1": "P@1", "example_f1": "example-F1", "micro_f1": "micro-F1", "macro_f1": "macro-F1",
                  "hamming_accuracy": "Hamming acc.", "mAP": "mAP"}
 # The paper's MulSupCon row (Zhang & Wu, AAAI-24, Tables 2 and 3; no mAP is reported there).
 PAPER_MULSUPCON: dict[str, dict[str, float]] = {
@@ -36,20 +39,22 @@ def mean_sd(values: list[float | None]) -> dict:
     return {"mean": statistics.fmean(finite), "sd": sd, "values": values}
 
 
-def summarise(results: list[dict], datasets: list[str], methods: list[str]) -> dict:
-    """``{dataset: {method: {protocol: {metric: mean_sd}, "pretrain_loss": ..., "seeds"}}}``."""
+def summarise(results: list[dict], datasets: list[str], methods: list[str],
+              fraction: float = 1.0) -> dict:
+    """``{dataset: {method: {protocol: {metric: mean_sd}, "pretrain_loss": ..., "seeds"}}}`` of
+    the runs at one training ``fraction``."""
     table: dict = {}
     for ds in datasets:
         table[ds] = {}
         for method in methods:
-            runs = sorted((r for r in results if r["dataset"] == ds and r["method"] == method),
-                          key=lambda r: r["seed"])
+            runs = sorted((r for r in results if r["dataset"] == ds and r["method"] == method
+                           and r.get("fraction", 1.0) == fraction), key=lambda r: r["seed"])
             if not runs:
                 continue
             entry: dict = {"seeds": [r["seed"] for r in runs]}
             for protocol in ("paper", "val_tuned", "clean"):
                 entry[protocol] = {m: mean_sd([r["test"][protocol][m] for r in runs])
-                                   for m in TABLE_METRICS}
+                                   for m in ALL_METRICS}
             curves = [r["pretrain"]["epoch_loss"] for r in runs]
             entry["pretrain_loss"] = {
                 "first_epoch": mean_sd([c[0] for c in curves]),

@@ -22,11 +22,10 @@ from rich.console import Console
 from torch import Tensor
 
 from mlcdist.fileio import write_text
-from tools.reproduce.data import REPO, VectorSet
+from mlcdist.seeds import mix_seed
+from tools.study.data import VectorSet
+from tools.study.recipes import LOG_EVERY, RunRecipes
 
-RECIPES = REPO / "recipes"
-METHODS = ("mulsupcon", "bce", "all", "any")
-LOG_EVERY = 6  # pretraining steps between logged losses
 
 Event = tuple  # ("start", key, phase, total) | ("epoch", key) | ("done", key, seconds)
 EventSink = Callable[[Event], None]
@@ -34,29 +33,23 @@ EventSink = Callable[[Event], None]
 
 @dataclass(frozen=True)
 class Job:
-    """One (data set, method, seed) run and the settings that decide its result."""
+    """One (data set, method, training fraction, seed) run and the settings that decide its result."""
 
     dataset: str
-    method: str
+    method: str  # a loss.kind
     seed: int
     run_dir: str
     epochs: int | None  # pretraining epochs (None: the recipe's)
     finetune_epochs: int | None  # finetune epoch cap (None: the recipe's)
     val_fraction: float
+    recipes: RunRecipes
     overrides: tuple[str, ...] = ()  # extra pretraining recipe overrides (ablations)
+    fraction: float = 1.0  # share of the training rows (after the validation carve) used
 
     @property
     def key(self) -> str:
-        return f"{self.dataset}/{self.method}/seed-{self.seed}"
-
-    @property
-    def pretrain_recipe(self) -> Path:
-        suffix = "" if self.method == "mulsupcon" else f"_{self.method}"
-        return RECIPES / f"{self.dataset}{suffix}.yaml"
-
-    @property
-    def finetune_recipe(self) -> Path:
-        return RECIPES / "finetune" / f"{self.dataset}.yaml"
+        part = "" if self.fraction == 1.0 else f"/frac-{self.fraction:g}"
+        return f"{self.dataset}/{self.method}{part}/seed-{self.seed}"
 
 
 def _quoted(value: Any) -> str:
@@ -77,7 +70,8 @@ def pretrain_config(job: Job, out: Path):
                  "data.num_workers=0"]
     if job.epochs is not None:
         overrides.append(f"schedule.epochs={job.epochs}")
-    return load_recipe(job.pretrain_recipe, overrides + list(job.overrides))
+    return load_recipe(job.recipes.pretrain, list(job.recipes.pretrain_overrides) + overrides
+                       + list(job.overrides))
 
 
 def finetune_config(job: Job):
@@ -87,7 +81,7 @@ def finetune_config(job: Job):
     overrides = [f"eval.seed={job.seed}", f"eval.val_fraction={job.val_fraction}"]
     if job.finetune_epochs is not None:
         overrides.append(f"eval.epochs={job.finetune_epochs}")
-    return load_recipe(job.finetune_recipe, overrides)
+    return load_recipe(job.recipes.finetune, list(job.recipes.finetune_overrides) + overrides)
 
 
 def fingerprint(job: Job, data_fp: str) -> str:
@@ -131,10 +125,14 @@ def pretrain(job: Job, data: VectorSet, train_rows: Tensor, out: Path, sink: Eve
     trainer = Trainer(cfg, info=info, loader=loader, console=Console(quiet=True))
     summary = trainer.fit()
     curve = epoch_losses(out / "metrics.jsonl")
-    contrastive = not cfg.loss.supervised  # bce, asl, zlpr
+    if cfg.loss.supervised:  # bce, asl, zlpr
+        uninformative = None
+    elif cfg.loss.candidates == "batch":  # the rest of the batch
+        uninformative = math.log(max(cfg.data.batch_size - 1, 1))
+    else:  # own key, the batch's keys and the queue
+        uninformative = math.log(cfg.data.batch_size + cfg.queue.size)
     return {"loss": cfg.loss.kind, "steps": summary["step"], "epochs": summary["epoch"],
-            "epoch_loss": curve,
-            "ln_candidates": math.log(cfg.data.batch_size + cfg.queue.size) if contrastive else None}
+            "epoch_loss": curve, "ln_candidates": uninformative}
 
 
 def finetune_and_score(job: Job, data: VectorSet, train_rows: Tensor, val_rows: Tensor,
@@ -177,6 +175,17 @@ def finetune_and_score(job: Job, data: VectorSet, train_rows: Tensor, val_rows: 
                         result.test_targets, plots=False)
 
 
+def subset(rows: Tensor, fraction: float, seed: int) -> Tensor:
+    """Ids of ``fraction`` of the True rows of a mask (at least one), seeded, in dataset order:
+    the study's low-data regime. The validation rows stay the same for every fraction."""
+    ids = rows.nonzero().squeeze(1)
+    if fraction >= 1.0:
+        return ids
+    g = torch.Generator().manual_seed(mix_seed(seed, 0x5EED))
+    keep = max(1, round(fraction * len(ids)))
+    return ids[torch.randperm(len(ids), generator=g)[:keep].sort().values]
+
+
 def _stored(run_dir: Path, stamp: str) -> dict | None:
     """The run's stored ``result.json`` if it was made with these settings (``stamp``)."""
     stored = run_dir / "result.json"
@@ -204,7 +213,8 @@ def run_job(job: Job, data: VectorSet, sink: EventSink, fresh: bool,
     shutil.rmtree(run_dir, ignore_errors=True)
     start = time.perf_counter()
     val_mask = carve_validation(len(data.train_x), job.val_fraction, job.seed)
-    train_rows, val_rows = (~val_mask).nonzero().squeeze(1), val_mask.nonzero().squeeze(1)
+    train_rows = subset(~val_mask, job.fraction, job.seed)
+    val_rows = val_mask.nonzero().squeeze(1)
     curve = pretrain(job, data, train_rows, run_dir / "pretrain", sink)
     pretrain_s = time.perf_counter() - start
     report = finetune_and_score(job, data, train_rows, val_rows, run_dir / "pretrain",
@@ -213,6 +223,7 @@ def run_job(job: Job, data: VectorSet, sink: EventSink, fresh: bool,
         shutil.rmtree(run_dir / "pretrain" / "checkpoints")
     seconds = time.perf_counter() - start
     result = {"fingerprint": stamp, "dataset": job.dataset, "method": job.method, "seed": job.seed,
+              "fraction": job.fraction, "train_rows": len(train_rows), "num_labels": len(data.class_names),
               "test": report["test"], "val": report["val"],
               "selected_epoch": report["selected_epoch"], "epochs_run": report["epochs_run"],
               "pretrain": curve, "seconds": {"pretrain": round(pretrain_s, 1),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import queue as queue_module
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, ClassVar
 
@@ -23,8 +24,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from tools.reproduce.data import VectorSet
-from tools.reproduce.jobs import Event, Job, run_job
+from tools.study.data import VectorSet
+from tools.study.jobs import Event, Job, run_job
 
 # Worker-process state, set once per process by ``_init_worker`` (data and events travel once,
 # not with every job).
@@ -55,6 +56,15 @@ class ProgressBoard:
         self.phase: dict[str, tuple[str, int]] = {}
         self.started: dict[str, int] = {}
         self.credited: dict[str, float] = {job.key: 0.0 for job in jobs}
+        self.console, self.total, self.done = console, len(jobs), 0
+        self.start = time.perf_counter()
+        self._describe()
+
+    def _describe(self) -> None:
+        running = len(self.rows)
+        left = self.total - self.done - running
+        self.progress.update(self.overall, description=f"runs: {self.done} done, {running} running, "
+                                                       f"{left} left")
 
     def __enter__(self) -> ProgressBoard:  # noqa: PYI034 (a final class; Self needs 3.11)
         self.progress.start()
@@ -95,19 +105,35 @@ class ProgressBoard:
             self._credit(key, 100.0)
             if key in self.rows:
                 self.progress.remove_task(self.rows.pop(key))
+            self.done += 1
+            if not self.console.is_terminal:  # a log file gets one line per finished run
+                self._log_done(key, float(event[2]))
+        self._describe()
+
+    def _log_done(self, key: str, seconds: float) -> None:
+        elapsed = time.perf_counter() - self.start
+        share = sum(self.credited.values()) / (100.0 * max(self.total, 1))
+        eta = elapsed * (1 - share) / share if share > 0 else float("nan")
+        reused = " (stored result reused)" if seconds == 0 else f" in {seconds:.0f} s"
+        self.console.print(f"[{self.done}/{self.total}] {key} done{reused}; {len(self.rows)} running, "
+                           f"{self.total - self.done - len(self.rows)} left, elapsed {elapsed / 60:.1f} "
+                           f"min, ETA {eta / 60:.1f} min", highlight=False, soft_wrap=True)
 
 
-def expected_cost(job: Job) -> float:
-    """Relative run time, for longest-first scheduling: contrastive steps cost about twice a BCE
-    step (key encoder, queue), and yeast has ~1.2x the rows of scene."""
-    rows = {"yeast": 1.24, "scene": 1.0}.get(job.dataset, 1.0)
-    return rows * (1.0 if job.method == "bce" else 2.0)
+SUPERVISED = ("bce", "asl", "zlpr")
+
+
+def expected_cost(job: Job, data: dict[str, VectorSet]) -> float:
+    """Relative run time, for longest-first scheduling: the training rows used, their width, and
+    contrastive steps costing about twice a supervised one (key encoder, queue)."""
+    x = data[job.dataset].train_x
+    return job.fraction * len(x) * (x.shape[1] + 256) * (1.0 if job.method in SUPERVISED else 2.0)
 
 
 def run_all(jobs: list[Job], data: dict[str, VectorSet], workers: int, board: ProgressBoard,
             fresh: bool, keep_checkpoints: bool) -> list[dict]:
     """Every job, ``workers`` processes at a time (in this process when ``workers`` is 1)."""
-    ordered = sorted(jobs, key=expected_cost, reverse=True)
+    ordered = sorted(jobs, key=lambda job: expected_cost(job, data), reverse=True)
     if workers <= 1:
         return [run_job(job, data[job.dataset], board.handle, fresh, keep_checkpoints)
                 for job in ordered]
