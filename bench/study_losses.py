@@ -5,8 +5,9 @@
 The straightforward forms build the B x B x C (reg: (B+C)^2 x C) label tensors as the study's code does
 (`compute_or`, `einsum('ac,bc->abc')`). Both are timed forward + backward in the same run (min of
 repeats); peak memory is the growth of the max RSS (CPU) of a forked child running one step, or the
-CUDA peak. The two are checked to agree before timing. reg at C=983 needs ~17 GiB in the study's form
-and is only run with --big.
+CUDA peak. The two are checked to agree before timing. reg at C=983 needs ~17 GiB in the study's form:
+it runs as the same arithmetic in blocks of anchor rows of at most 4 GiB of label tensors
+(``study_blocked.py``; value and gradients checked against the dense form), or whole with --big.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from mlcdist.losses import STUDY_LOSSES
+from study_blocked import block_rows, reg_block, run_blocked
 
 EPS = 1e-8
 
@@ -107,6 +109,27 @@ def _peak_mib(step, device):
     return float(os.read(read, 64).decode() or "nan")
 
 
+def _blocked_reg(key, x, y, p, device, gib=4.0):
+    """(seconds, peak MiB) of the study's reg form in anchor blocks; checked against the dense form."""
+    rows = len(x) + p.shape[0]
+    block = reg_block(x, y, p, None, None, 0.1, regularise=key == "reg")
+    size = block_rows(3 * rows * p.shape[0] * 4, gib)
+    value, seconds, _ = run_blocked(block, rows, size, (x, p))
+    got = (x.grad.clone(), p.grad.clone())
+    x.grad = p.grad = None
+    want = STUDY_LOSSES[key](x, y, p)
+    want.backward()
+    torch.testing.assert_close(value, want.detach(), rtol=1e-4, atol=1e-4)
+    for g, q in zip(got, (x, p)):
+        torch.testing.assert_close(g, q.grad, rtol=1e-3, atol=1e-6)
+    x.grad = p.grad = None
+
+    def one_block():
+        part, _ = block(0, size)
+        torch.autograd.grad(part, (x, p))
+    return seconds, _peak_mib(one_block, device)
+
+
 def study_rows(batch, dim, repeats, device, time_fn, big=False):
     """Rows (key, C, dense ms, study ms, dense MiB, study MiB, ratio) for C = 54 and 983."""
     rows = []
@@ -126,5 +149,7 @@ def study_rows(batch, dim, repeats, device, time_fn, big=False):
                                            rtol=1e-4, atol=1e-4)
                 study = lambda: BASELINES[key](*args).backward()  # noqa: E731
                 ts, ms = time_fn(study, repeats, device), _peak_mib(study, device)
+            elif key.startswith("reg"):
+                ts, ms = _blocked_reg(key, x, y, p, device)
             rows.append((key, n_classes, td, ts, md, ms))
     return rows
