@@ -113,3 +113,22 @@ def test_study_runs_a_shared_mulan_set_by_name(tmp_path):
                   "--mulan", str(MULAN), "--out", str(tmp_path), *QUICK]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["num_labels"] == {"emotions": 6} and len(results["runs"]) == 2
+
+
+def test_finetune_change_reuses_pretraining(tmp_path):
+    """Only the finetune cap changes: the stored backbone is finetuned again, pretraining is not
+    re-run (its metrics.jsonl stays the same file), and the numbers come from the new finetune."""
+    paths = write_set(tmp_path / "arff", name="tiny", train=60, test=20, features=6)
+    out = tmp_path / "s"
+    base = ["--arff-dir", str(tmp_path / "arff"), "--losses", "mulsupcon", "--fractions", "1.0", "--seeds", "1",
+            "--epochs", "1", "--jobs", "1", "--no-progress", "--out", str(out)]
+    assert study([*base, "--finetune-epochs", "1"]) == 0
+    run = out / "tiny" / "mulsupcon" / "seed-0"
+    log = (run / "pretrain" / "metrics.jsonl").stat()
+    assert (run / "pretrain" / "backbone.pt").is_file() and not (run / "pretrain" / "checkpoints").exists()
+    first = json.loads((run / "result.json").read_text())
+    assert study([*base, "--finetune-epochs", "3"]) == 0
+    second = json.loads((run / "result.json").read_text())
+    assert (run / "pretrain" / "metrics.jsonl").stat().st_mtime_ns == log.st_mtime_ns
+    assert first["epochs_run"] == 1 and second["epochs_run"] >= 2 and second["pretrain"] == first["pretrain"]
+    assert paths["train"].is_file()

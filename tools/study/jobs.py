@@ -23,10 +23,11 @@ from torch import Tensor
 
 from mlcdist.fileio import write_text
 from mlcdist.seeds import mix_seed
-from tools.study.data import VectorSet
+from tools.study.data import StudyError, VectorSet
 from tools.study.recipes import LOG_EVERY, RunRecipes
 
 
+BACKBONE = "backbone.pt"  # the pretrained query backbone a run keeps for its finetune
 Event = tuple  # ("start", key, phase, total) | ("epoch", key) | ("done", key, seconds)
 EventSink = Callable[[Event], None]
 
@@ -84,15 +85,30 @@ def finetune_config(job: Job):
     return load_recipe(job.recipes.finetune, list(job.recipes.finetune_overrides) + overrides)
 
 
-def fingerprint(job: Job, data_fp: str) -> str:
-    """Hash of everything that decides a run's numbers: the job, both resolved recipes (minus
-    the output folder) and the shards; a stored result with another hash is recomputed."""
+def _hash(ident: dict) -> str:
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pretrain_fingerprint(job: Job, data_fp: str) -> str:
+    """Hash of everything that decides the pretrained backbone: the job minus its finetune
+    settings, the resolved pretraining recipe (minus the output folder) and the shards."""
     from mlcdist.config import to_dict
 
-    pre = to_dict(pretrain_config(job, Path("RUN")))
-    ident = {"job": dataclasses.asdict(job) | {"run_dir": None}, "pretrain": pre,
-             "finetune": to_dict(finetune_config(job).eval), "data": data_fp, "version": 1}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    fields = dataclasses.asdict(job) | {"run_dir": None, "finetune_epochs": None,
+                                        "recipes": {"pretrain": job.recipes.pretrain,
+                                                    "pretrain_overrides": job.recipes.pretrain_overrides}}
+    return _hash({"job": fields, "pretrain": to_dict(pretrain_config(job, Path("RUN"))), "data": data_fp,
+                  "version": 2})
+
+
+def fingerprint(job: Job, data_fp: str) -> str:
+    """Hash of everything that decides a run's numbers: the pretraining fingerprint plus the
+    resolved finetune recipe; a stored result with another hash is recomputed (and only the
+    finetune when the pretraining fingerprint still matches)."""
+    from mlcdist.config import to_dict
+
+    return _hash({"pretrain": pretrain_fingerprint(job, data_fp), "finetune_epochs": job.finetune_epochs,
+                  "finetune": to_dict(finetune_config(job).eval), "version": 2})
 
 
 def epoch_losses(metrics_jsonl: Path) -> list[float]:
@@ -140,19 +156,22 @@ def finetune_and_score(job: Job, data: VectorSet, train_rows: Tensor, val_rows: 
     """Backbone of the final pretraining checkpoint + a new linear layer, finetuned with the
     recipe's protocol (epoch selected on the validation rows); the test split is scored once."""
     from mlcdist.data.memory import TensorEvalLoader
-    from mlcdist.eval.features import load_backbone_state, load_checkpoint
     from mlcdist.eval.probe import FinetuneData, finetune
     from mlcdist.eval.report import build_report, write_report
     from mlcdist.models import build_backbone
     from mlcdist.parallel import detect_strategy, make_accelerator
 
+    from mlcdist.models.state import load_state_strict
+
     cfg = finetune_config(job)
-    ckpt = load_checkpoint(pretrain_dir)
     model_cfg = pretrain_config(job, pretrain_dir).model
     torch.manual_seed(job.seed)
     backbone, width = build_backbone(dataclasses.replace(model_cfg, weights=None),
                                      in_dim=data.train_x.shape[1])
-    load_backbone_state(backbone, ckpt, model_cfg.arch)
+    weights = pretrain_dir / BACKBONE
+    load_state_strict(backbone, torch.load(weights, map_location="cpu", weights_only=True), source=str(weights),
+                      error=lambda why: StudyError(f"{weights}: does not fit the {model_cfg.arch} backbone "
+                                                   f"({why}); delete the run folder or pass --fresh"))
     batch = cfg.eval.batch_size
     loaders = FinetuneData(
         train=TensorEvalLoader(data.train_x[train_rows], data.train_y[train_rows], batch,
@@ -164,7 +183,7 @@ def finetune_and_score(job: Job, data: VectorSet, train_rows: Tensor, val_rows: 
     result = finetune(acc, detect_strategy(acc), backbone, width, len(data.class_names), loaders,
                       cfg.eval)
     report = build_report(
-        result, cfg.eval, list(data.class_names), mode="finetune", checkpoint=str(ckpt.path),
+        result, cfg.eval, list(data.class_names), mode="finetune", checkpoint=str(weights),
         pretrain_data=data.name,
         datasets={"train": {"name": f"{data.name} train (minus validation)", "num_samples": len(train_rows)},
                   "val": {"name": f"{data.name} train (carved)", "num_samples": len(val_rows),
@@ -196,31 +215,55 @@ def _stored(run_dir: Path, stamp: str) -> dict | None:
     return None
 
 
+def keep_backbone(pretrain_dir: Path, stamp: str, curve: dict, keep_checkpoints: bool) -> None:
+    """The final checkpoint's query backbone as ``backbone.pt`` (what finetuning needs, a few MB)
+    and ``pretrain.json`` (its fingerprint and loss curve); the checkpoint goes unless kept."""
+    from mlcdist.eval.features import load_checkpoint
+
+    torch.save(load_checkpoint(pretrain_dir).backbone_state, pretrain_dir / BACKBONE)
+    if not keep_checkpoints:
+        shutil.rmtree(pretrain_dir / "checkpoints")
+    write_text(pretrain_dir / "pretrain.json", json.dumps({"fingerprint": stamp, **curve}, indent=2) + "\n")
+
+
+def _stored_pretraining(pretrain_dir: Path, stamp: str) -> dict | None:
+    stored = pretrain_dir / "pretrain.json"
+    if stored.is_file() and (pretrain_dir / BACKBONE).is_file():
+        summary = json.loads(stored.read_text())
+        if summary.pop("fingerprint", None) == stamp:
+            return summary
+    return None
+
+
 def run_job(job: Job, data: VectorSet, sink: EventSink, fresh: bool,
             keep_checkpoints: bool = False) -> dict:
-    """Pretrain, finetune and score one run; reuse a stored result with the same fingerprint.
+    """Pretrain, finetune and score one run; reuse a stored result with the same fingerprint,
+    and a stored pretraining (``pretrain/backbone.pt``) when only the finetune settings changed.
 
     The pretraining checkpoint (~7 MB: both encoders and Adam's moments) is deleted once its
-    backbone is finetuned and scored, unless ``keep_checkpoints``: the table needs none of it."""
+    query backbone is saved, unless ``keep_checkpoints``."""
     from mlcdist.eval.features import carve_validation
 
     run_dir = Path(job.run_dir)
-    stamp = fingerprint(job, data.fingerprint)
+    stamp, pre_stamp = fingerprint(job, data.fingerprint), pretrain_fingerprint(job, data.fingerprint)
     result = None if fresh else _stored(run_dir, stamp)
     if result is not None:
         sink(("done", job.key, 0.0))
         return result
-    shutil.rmtree(run_dir, ignore_errors=True)
     start = time.perf_counter()
     val_mask = carve_validation(len(data.train_x), job.val_fraction, job.seed)
     train_rows = subset(~val_mask, job.fraction, job.seed)
     val_rows = val_mask.nonzero().squeeze(1)
-    curve = pretrain(job, data, train_rows, run_dir / "pretrain", sink)
+    curve = None if fresh else _stored_pretraining(run_dir / "pretrain", pre_stamp)
+    if curve is None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        curve = pretrain(job, data, train_rows, run_dir / "pretrain", sink)
+        keep_backbone(run_dir / "pretrain", pre_stamp, curve, keep_checkpoints)
+    else:
+        shutil.rmtree(run_dir / "finetune", ignore_errors=True)
     pretrain_s = time.perf_counter() - start
     report = finetune_and_score(job, data, train_rows, val_rows, run_dir / "pretrain",
                                 run_dir / "finetune", sink)
-    if not keep_checkpoints:
-        shutil.rmtree(run_dir / "pretrain" / "checkpoints")
     seconds = time.perf_counter() - start
     result = {"fingerprint": stamp, "dataset": job.dataset, "method": job.method, "seed": job.seed,
               "fraction": job.fraction, "train_rows": len(train_rows), "num_labels": len(data.class_names),
