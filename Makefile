@@ -1,12 +1,17 @@
 # Quick start targets (see README.md). PYTHON may point at a virtual environment's python.
 PYTHON ?= python3
 PIP_TORCH = torch==2.14.1 torchvision==0.29.1
+# Installed already (as distributions, not merely importable from this folder)? Then setup does
+# not call pip, which needs the package index and fails offline.
+export INSTALLED = import importlib.metadata as m; [m.version(p) for p in ("mlcdist", "accelerate", \
+    "deepspeed", "webdataset", "pyyaml", "rich", "matplotlib", "pytest", "pytest-timeout", "scikit-learn", \
+    "tensorboard")]
 
 .PHONY: setup demo demo-image test bench
 
 setup:
 	$(PYTHON) -c "import torch, torchvision" 2>/dev/null || $(PYTHON) -m pip install -q $(PIP_TORCH)
-	$(PYTHON) -m pip install -q -e '.[dev]'
+	$(PYTHON) -c "$$INSTALLED" 2>/dev/null || $(PYTHON) -m pip install -q -e '.[dev]'
 
 demo: setup
 	$(PYTHON) -m tools.make_shards digits --vectors --out shards/digits-vec

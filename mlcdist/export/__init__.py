@@ -10,3 +10,5 @@ module          holds
 ``card``        README.md: load line, data set, recipe, provenance, probe metrics
 ==============  =============================================================================
 """
+
+FORMATS = ("torchvision", "timm", "safetensors")  # here, not in formats.py: --help needs no torch

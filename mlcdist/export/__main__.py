@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from mlcdist.cli import command
-from mlcdist.export.formats import FORMATS
+from mlcdist.export import FORMATS
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:

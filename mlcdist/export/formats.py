@@ -22,7 +22,6 @@ import torch
 
 from mlcdist.errors import MlcdistError
 
-FORMATS = ("torchvision", "timm", "safetensors")
 BACKBONE = "backbone."
 CLASSIFIER = {"resnet18": "fc.", "resnet50": "fc.", "vit_b_16": "heads.head."}
 TIMM_NAMES = {"resnet18": "resnet18", "resnet50": "resnet50"}

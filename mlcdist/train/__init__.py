@@ -14,7 +14,18 @@ module          holds
 ==============  =============================================================================
 """
 
-from mlcdist.train.command import main, parse_args
-from mlcdist.train.trainer import NonFiniteLoss, NonFiniteState, Trainer
+from importlib import import_module
 
-__all__ = ["NonFiniteLoss", "NonFiniteState", "Trainer", "main", "parse_args"]
+# Lazy, as mlcdist.eval: ``python -m mlcdist.train --help`` imports this package first, and the
+# trainer pulls in torch and torchvision (seconds); the command line needs neither to answer.
+_HOMES = {"main": "command", "parse_args": "command",
+          "NonFiniteLoss": "trainer", "NonFiniteState": "trainer", "Trainer": "trainer"}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'mlcdist.train' has no attribute {name!r}")
+    value = getattr(import_module(f"mlcdist.train.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value
