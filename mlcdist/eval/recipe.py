@@ -121,6 +121,19 @@ def data_warnings(cfg: RecipeConfig, infos: dict[str, DatasetInfo]) -> list[str]
     return []
 
 
+def carve_seen_in_pretraining(cfg: RecipeConfig, ckpt: Optional[Checkpoint], carved: bool) -> bool:
+    """Is the validation split carved from the very split the checkpoint was pretrained on?
+
+    Then its rows (and labels) shaped the encoder, and the epoch and threshold choices made on
+    them are optimistic. ``tools.study`` pretrains without its carve; by hand, name a ``data.val``."""
+    pre = (ckpt.recipe.get("data") or {}).get("train") if ckpt is not None else None
+    if not carved or not pre or cfg.eval.transfer:
+        return False
+    if "://" in pre + cfg.data.train:
+        return pre == cfg.data.train
+    return Path(pre).resolve() == Path(cfg.data.train).resolve()
+
+
 def output_dir(args: argparse.Namespace, cfg: RecipeConfig, ckpt: Optional[Checkpoint],
                random_init: bool, train: DatasetInfo) -> Path:
     if args.out:

@@ -24,7 +24,8 @@ from mlcdist.eval.features import (
 )
 from mlcdist.eval.probe import FinetuneData, ProbeResult, check_select_metric, finetune, train_linear_probe
 from mlcdist.eval.recipe import (
-    check_compatible, data_warnings, flag_overrides, output_dir, resolve_recipe, split_infos,
+    carve_seen_in_pretraining, check_compatible, data_warnings, flag_overrides, output_dir, resolve_recipe,
+    split_infos,
 )
 from mlcdist.eval.report import build_report, rich_table, write_report
 
@@ -131,7 +132,9 @@ def write_outputs(job: EvalJob, result: ProbeResult, plots: bool) -> dict:
                         "num_samples": info.num_samples} for split, info in infos.items()}
     if job.val_mask is not None:
         datasets["val"] = {"path": cfg.data.train, "name": f"{train.name} (carved)",
-                           "carved_fraction": cfg.eval.val_fraction, "seed": cfg.eval.seed}
+                           "carved_fraction": cfg.eval.val_fraction, "seed": cfg.eval.seed,
+                           "seen_in_pretraining": carve_seen_in_pretraining(
+                               cfg, None if job.random_init else ckpt, carved=True)}
     report = build_report(
         result, cfg.eval, train.class_names, mode=cfg.eval.mode, transfer=cfg.eval.transfer,
         random_init=job.random_init, checkpoint="random" if ckpt is None else str(ckpt.path),
@@ -179,6 +182,11 @@ def run_eval(args: argparse.Namespace) -> Optional[dict]:
                   acc, val_mask, console.print, data_warnings(cfg, infos))
     for warning in job.warnings:
         console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True)
+    if carve_seen_in_pretraining(cfg, None if random_init else ckpt, val_mask is not None):
+        console.print(f"[bold]note:[/] the validation split is carved from data.train ({cfg.data.train}), the "
+                      "split this checkpoint was pretrained on: its rows and labels shaped the encoder, so the "
+                      "epoch and threshold choices are optimistic; name a held-out data.val, or use python -m "
+                      "tools.study, which pretrains without the carve", soft_wrap=True)
     backbone, width = build_encoder(job)
     console.print(f"[bold]mlcdist.eval[/] {cfg.eval.mode}{' transfer' if cfg.eval.transfer else ''} of "
                   f"{'a random encoder' if random_init else ckpt.path} on {infos['train'].name} "

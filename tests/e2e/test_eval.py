@@ -299,3 +299,17 @@ def test_every_eval_recipe_loads():
     assert len(recipes) >= 4
     for path in recipes:
         load_recipe(path)
+
+
+def test_a_carve_from_the_pretraining_split_is_noted(probes, vector_run, vector_digits, tmp_path, capsys):
+    """The by-hand path pretrains on all of data.train and then carves validation from it: said and
+    recorded (the probes carve from the very split vector_run was pretrained on)."""
+    pre = strict_json(probes["pretrained"] / "metrics.json")["datasets"]["val"]
+    assert pre["seen_in_pretraining"] is True
+    rand = strict_json(probes["random"] / "metrics.json")["datasets"]["val"]
+    assert rand["seen_in_pretraining"] is False  # a random encoder saw nothing
+    out = tmp_path / "held-out"
+    assert evaluate(vector_run, "--val", vector_digits / "test", "--out", out, "eval.epochs=1", *FAST) == 0
+    assert "note: the validation split is carved" not in capsys.readouterr().err
+    assert evaluate(vector_run, "--out", tmp_path / "carved", "eval.epochs=1", *FAST) == 0
+    assert "note: the validation split is carved from data.train" in capsys.readouterr().err
