@@ -26,6 +26,7 @@ from rich.progress import (
 
 from tools.study.data import VectorSet
 from tools.study.jobs import Event, Job, run_job
+from tools.study.recipes import paper_batch
 
 # Worker-process state, set once per process by ``_init_worker`` (data and events travel once,
 # not with every job).
@@ -47,7 +48,13 @@ class ProgressBoard:
 
     PHASE_SHARE: ClassVar[dict[str, float]] = {"pretrain": 0.85, "finetune": 0.15}  # of a run
 
-    def __init__(self, jobs: list[Job], console: Console, enabled: bool):
+    def __init__(self, jobs: list[Job], console: Console, enabled: bool,
+                 weights: dict[str, float] | None = None):
+        """``weights``: each run's expected share of the work (``expected_cost``), so that the
+        overall bar and the ETA move with the work done, not with the number of runs."""
+        raw = weights or {job.key: 1.0 for job in jobs}
+        scale = len(jobs) / max(sum(raw.values()), 1e-12)
+        self.weight = {job.key: raw.get(job.key, 1.0) * scale for job in jobs}
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[note]}"), TimeElapsedColumn(),
                                  TimeRemainingColumn(), console=console, disable=not enabled)
@@ -75,7 +82,7 @@ class ProgressBoard:
 
     def _credit(self, key: str, value: float) -> None:
         """Move a run's share of the overall bar to ``value`` (0..100)."""
-        self.progress.advance(self.overall, value - self.credited[key])
+        self.progress.advance(self.overall, (value - self.credited[key]) * self.weight[key])
         self.credited[key] = value
 
     def _start(self, key: str, phase: str, total: int) -> None:
@@ -112,7 +119,7 @@ class ProgressBoard:
 
     def _log_done(self, key: str, seconds: float) -> None:
         elapsed = time.perf_counter() - self.start
-        share = sum(self.credited.values()) / (100.0 * max(self.total, 1))
+        share = sum(v * self.weight[k] for k, v in self.credited.items()) / (100.0 * max(self.total, 1))
         eta = elapsed * (1 - share) / share if share > 0 else float("nan")
         reused = " (stored result reused)" if seconds == 0 else f" in {seconds:.0f} s"
         self.console.print(f"[{self.done}/{self.total}] {key} done{reused}; {len(self.rows)} running, "
@@ -124,10 +131,13 @@ SUPERVISED = ("bce", "asl", "zlpr")
 
 
 def expected_cost(job: Job, data: dict[str, VectorSet]) -> float:
-    """Relative run time, for longest-first scheduling: the training rows used, their width, and
-    contrastive steps costing about twice a supervised one (key encoder, queue)."""
+    """Relative run time, for longest-first scheduling and the ETA: steps x (a fixed per-step
+    overhead + batch x width), fitted to one core (yeast ~4.4 ms, bibtex ~70 ms a step), with
+    contrastive steps costing ~1.6x a supervised one (key encoder, queue)."""
     x = data[job.dataset].train_x
-    return job.fraction * len(x) * (x.shape[1] + 256) * (1.0 if job.method in SUPERVISED else 2.0)
+    batch = paper_batch(len(x))
+    per_step = 3e-3 + batch * (x.shape[1] + 256) * 1.25e-7
+    return job.fraction * len(x) / batch * per_step * (1.0 if job.method in SUPERVISED else 1.6)
 
 
 def run_all(jobs: list[Job], data: dict[str, VectorSet], workers: int, board: ProgressBoard,

@@ -161,11 +161,12 @@ def run_grid(jobs: list[Job], data: dict[str, VectorSet], workers: int, progress
     """Every job, ``workers`` processes at a time, with the progress board."""
     import torch
 
-    from tools.study.board import ProgressBoard, run_all
+    from tools.study.board import ProgressBoard, expected_cost, run_all
 
     if workers == 1:
         torch.set_num_threads(1)  # these MLPs are too small for intra-op threads to pay off
-    with ProgressBoard(jobs, console, progress) as board:
+    weights = {job.key: expected_cost(job, data) for job in jobs}
+    with ProgressBoard(jobs, console, progress, weights) as board:
         return run_all(jobs, data, workers, board, fresh, keep_checkpoints)
 
 
