@@ -57,19 +57,24 @@ def _pyplot():
 def gain_vs_labels(summary: dict, num_labels: dict[str, int], methods: list[str], path: Path,
                    fraction: float) -> Path:
     plt = _pyplot()
-    datasets = sorted(summary, key=lambda d: num_labels[d])
+    datasets = sorted(summary, key=lambda d: (num_labels[d], d))
+    # sets with the same label count sit side by side (x 1.08 each), under one tick
+    same: dict[int, list[str]] = {}
+    for d in datasets:
+        same.setdefault(num_labels[d], []).append(d)
+    where = {d: n * 1.08 ** names.index(d) for n, names in same.items() for d in names}
     fig, axes = plt.subplots(1, len(GAIN_METRICS), figsize=(6 * len(GAIN_METRICS), 4.2), squeeze=False)
     for ax, metric in zip(axes[0], GAIN_METRICS):
         for method in (m for m in methods if m != BASELINE):
-            points = [(num_labels[d], *_spread(g)) for d in datasets
+            points = [(where[d], *_spread(g)) for d in datasets
                       if (g := seed_gains(summary, d, method, metric))]
             if points:
                 x, mean, sd = zip(*points)
                 ax.errorbar(x, mean, yerr=sd, marker="o", capsize=3, label=METHOD_TITLES.get(method, method))
         ax.axhline(0.0, color="grey", lw=0.8, ls="--")
         ax.set_xscale("log")
-        ax.set_xticks([num_labels[d] for d in datasets])
-        ax.set_xticklabels([f"{d}\n{num_labels[d]}" for d in datasets], fontsize=8)
+        ax.set_xticks(list(same))
+        ax.set_xticklabels([f"{', '.join(names)}\n{n}" for n, names in same.items()], fontsize=8)
         ax.minorticks_off()
         ax.set_xlabel("data set and number of labels (log scale)")
         ax.set_ylabel(f"{METRIC_TITLES[metric]} gain over BCE")
