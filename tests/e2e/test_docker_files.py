@@ -1,6 +1,6 @@
 """The Docker image's files keep their promises without Docker: the pins match the base image's
 torch, the build installs under them as a non-root image, the entry point runs the demo (or
-hands its arguments to accelerate launch)."""
+hands its arguments to accelerate launch), and the Kubernetes example runs as the image's user."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+import yaml
 
 from support.paths import REPO
 
@@ -139,3 +141,38 @@ def test_entrypoint_parses_and_runs_the_makefile_demo_or_accelerate_launch(tmp_p
     assert entrypoint(tmp_path, *launch) == ["accelerate launch " + " ".join(launch)]
     for recipe in re.findall(r"recipes/\S+\.yaml", (DOCKER / "entrypoint.sh").read_text()):
         assert (REPO / recipe).exists(), recipe
+
+
+def pytorchjob() -> dict:
+    return yaml.safe_load((REPO / "docs" / "k8s" / "pytorchjob.yaml").read_text())
+
+
+@pytest.mark.parametrize("replica", ["Master", "Worker"])
+def test_pytorchjob_runs_as_the_images_user_with_shared_memory_gpus_and_volumes(replica):
+    job = pytorchjob()
+    assert job["apiVersion"] == "kubeflow.org/v1" and job["kind"] == "PyTorchJob"
+    pod = job["spec"]["pytorchReplicaSpecs"][replica]["template"]["spec"]
+    user = args_of("USER")[-1].split(":")[0]
+    assert pod["securityContext"]["runAsNonRoot"] is True and str(pod["securityContext"]["runAsUser"]) == user
+    (container,) = pod["containers"]
+    assert container["name"] == "pytorch" and container["ports"][0]["name"] == "pytorchjob-port"
+    assert int(container["resources"]["limits"]["nvidia.com/gpu"]) == int(job["spec"]["nprocPerNode"])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+    assert mounts["/dev/shm"]["emptyDir"]["medium"] == "Memory"
+    assert {"/workspace/shards", "/workspace/runs"} <= set(mounts) <= set(json.loads(args_of("VOLUME")[0])) | {"/dev/shm"}
+    assert pod["terminationGracePeriodSeconds"] > 30
+
+
+@needs_bash
+def test_pytorchjob_command_parses_and_uses_the_operators_variables():
+    container = pytorchjob()["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["bash", "-c"]
+    (script,) = container["args"]
+    assert subprocess.run(["bash", "-n", "-c", script]).returncode == 0
+    assert script.startswith("exec accelerate launch ")
+    for name in ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        assert name in script, name
+    words = shlex.split(script)
+    for path in (words[words.index("--config_file") + 1], words[words.index("-m") + 2]):
+        assert (REPO / path).exists(), path
