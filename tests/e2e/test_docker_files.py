@@ -56,7 +56,8 @@ def test_dockerfile_runs_the_entrypoint_as_a_non_root_user():
     kinds = [k for k, _ in STEPS]
     users = args_of("USER")
     assert users and users[-1].split(":")[0] not in ("root", "0")
-    assert kinds.index("USER") > max(i for i, k in enumerate(kinds) if k == "RUN"), "RUN after USER runs as the user"
+    last_run = max(i for i, k in enumerate(kinds) if k == "RUN")
+    assert kinds.index("USER") > last_run, "RUN after USER runs as the user"
     entry = json.loads(args_of("ENTRYPOINT")[0])
     assert entry == ["/usr/local/bin/mlcdist-entrypoint"]
     assert "docker/entrypoint.sh /usr/local/bin/mlcdist-entrypoint" in args_of("COPY")
@@ -119,8 +120,10 @@ def makefile_demo() -> list[str]:
     """The Makefile's demo steps, spelled as the installed commands."""
     text = (REPO / "Makefile").read_text()
     body = re.search(r"^demo: .*?\n((?:\t.*\n)+)", text, re.M)[1]
-    spell = {"tools.make_shards": "mlcdist-shards", "mlcdist.train": "mlcdist-train", "mlcdist.eval": "mlcdist-eval"}
-    return [re.sub(r"\$\(PYTHON\) -m (\S+)", lambda m: spell[m[1]], line.strip()) for line in body.splitlines()]
+    spell = {"tools.make_shards": "mlcdist-shards", "mlcdist.train": "mlcdist-train",
+             "mlcdist.eval": "mlcdist-eval"}
+    return [re.sub(r"\$\(PYTHON\) -m (\S+)", lambda m: spell[m[1]], line.strip())
+            for line in body.splitlines()]
 
 
 @needs_bash
@@ -153,14 +156,16 @@ def test_pytorchjob_runs_as_the_images_user_with_shared_memory_gpus_and_volumes(
     assert job["apiVersion"] == "kubeflow.org/v1" and job["kind"] == "PyTorchJob"
     pod = job["spec"]["pytorchReplicaSpecs"][replica]["template"]["spec"]
     user = args_of("USER")[-1].split(":")[0]
-    assert pod["securityContext"]["runAsNonRoot"] is True and str(pod["securityContext"]["runAsUser"]) == user
+    security = pod["securityContext"]
+    assert security["runAsNonRoot"] is True and str(security["runAsUser"]) == user
     (container,) = pod["containers"]
     assert container["name"] == "pytorch" and container["ports"][0]["name"] == "pytorchjob-port"
     assert int(container["resources"]["limits"]["nvidia.com/gpu"]) == int(job["spec"]["nprocPerNode"])
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
     assert mounts["/dev/shm"]["emptyDir"]["medium"] == "Memory"
-    assert {"/workspace/shards", "/workspace/runs"} <= set(mounts) <= set(json.loads(args_of("VOLUME")[0])) | {"/dev/shm"}
+    image_volumes = set(json.loads(args_of("VOLUME")[0]))
+    assert {"/workspace/shards", "/workspace/runs"} <= set(mounts) <= image_volumes | {"/dev/shm"}
     assert pod["terminationGracePeriodSeconds"] > 30
 
 
