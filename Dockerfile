@@ -1,17 +1,20 @@
-# mlcdist on a CUDA PyTorch base image (see docs/clusters.md).
+# mlcdist on a CUDA PyTorch base image (see docs/clusters.md#docker).
 #
 #   docker build -t mlcdist .
+#   docker run --gpus all mlcdist          # the demo: makes its own shards, trains, probes
 #   docker run --gpus all --ipc=host -v "$PWD/shards:/workspace/shards" -v "$PWD/runs:/workspace/runs" \
 #     mlcdist --config_file recipes/accelerate/ddp.yaml -m mlcdist.train recipes/coco.yaml
 #
-# The entry point is `accelerate launch`: its arguments are the launcher's options, then
-# `-m mlcdist.train RECIPE [key=value ...]`. Shards and run folders are volumes; the recipes
-# are baked in at /workspace/recipes (mount your own over it to change them without a rebuild).
-# Bind mounts keep the host's ownership: add `--user "$(id -u):$(id -g)"` when the host folders
-# are not writable by uid 1000.
+# The entry point is docker/entrypoint.sh: with no arguments (or `demo`) it runs the digits demo
+# without any mounted data; otherwise its arguments go to `accelerate launch`: the launcher's
+# options, then `-m mlcdist.train RECIPE [key=value ...]`. Shards and run folders are volumes;
+# the recipes are baked in at /workspace/recipes (mount your own over it to change them without
+# a rebuild). Bind mounts keep the host's ownership: add `--user "$(id -u):$(id -g)"` when the
+# host folders are not writable by uid 1000.
 
 # torch 2.7.1 + CUDA 12.8 (Hopper and Blackwell); mlcdist needs torch >= 2.6 for FSDP2's
-# public fully_shard. Any pytorch/pytorch *-runtime tag with torch >= 2.6 works.
+# public fully_shard. Another pytorch/pytorch *-runtime tag needs the torch and torchvision
+# pins of docker/constraints.txt changed with it (the build stops when they differ).
 ARG BASE_IMAGE=pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime
 FROM ${BASE_IMAGE}
 
@@ -25,13 +28,20 @@ RUN useradd --create-home --uid 1000 --shell /bin/bash mlcdist \
 
 WORKDIR /opt/mlcdist
 # Only what the package build needs (tests, docs and data stay out; see .dockerignore).
-# pip keeps the image's torch (pyproject gives lower bounds only);
-# scikit-learn is for the digits demo (`python -m tools.make_shards digits --vectors`).
+# The constraints pin mlcdist's dependencies against the image's torch, so pip keeps it;
+# scikit-learn is for the digits demo (`mlcdist-shards digits --vectors`).
+COPY docker/constraints.txt docker/check_pins.py ./docker/
 COPY pyproject.toml README.md ./
 COPY mlcdist ./mlcdist
 COPY tools ./tools
-RUN pip install --no-cache-dir . "scikit-learn>=1.3" \
-    && python -c "import mlcdist, tools.make_shards, torch; print('torch', torch.__version__)"
+RUN python docker/check_pins.py \
+    && pip install --no-cache-dir -c docker/constraints.txt . scikit-learn \
+    && python docker/check_pins.py \
+    && python -c "import tools.make_shards" \
+    && cd / && mlcdist-shards --help > /dev/null && python -c "import mlcdist, torch; print(mlcdist.__file__)"
+
+COPY docker/entrypoint.sh /usr/local/bin/mlcdist-entrypoint
+RUN chmod 0755 /usr/local/bin/mlcdist-entrypoint
 
 WORKDIR /workspace
 COPY --chown=mlcdist:mlcdist recipes ./recipes
@@ -40,5 +50,5 @@ COPY --chown=mlcdist:mlcdist recipes ./recipes
 USER 1000:1000
 VOLUME ["/workspace/shards", "/workspace/runs"]
 
-ENTRYPOINT ["accelerate", "launch"]
-CMD ["-m", "mlcdist.train", "recipes/demo.yaml"]
+ENTRYPOINT ["/usr/local/bin/mlcdist-entrypoint"]
+CMD ["demo"]

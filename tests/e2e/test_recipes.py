@@ -2,7 +2,7 @@
 
 Training recipes are ``recipes/*.yaml``; each runs two optimizer steps on tiny shards written
 here, with a small-model override (ResNet-18 at 16 px, batch 4) so the file stays fast.
-The Dockerfile and the docs are checked for the promises they make.
+The docs are checked for the promises they make (the Docker files: test_docker_files.py).
 """
 
 from __future__ import annotations
@@ -205,42 +205,8 @@ def test_vector_finetune_recipe_runs_on_a_pretraining_run(tiny_shards, tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------
-# Docker and docs
+# Docs (the Dockerfile and docker/: tests/e2e/test_docker_files.py)
 # ---------------------------------------------------------------------------------------------
-
-
-def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, comments dropped and ``\\`` continuations joined."""
-    out, current = [], ""
-    for line in text.splitlines():
-        if not current and (not line.strip() or line.lstrip().startswith("#")):
-            continue
-        current = f"{current} {line.strip()}" if current else line.strip()
-        if current.endswith("\\"):
-            current = current[:-1].rstrip()
-            continue
-        word, _, rest = current.partition(" ")
-        out.append((word.upper(), rest.strip()))
-        current = ""
-    return out
-
-
-def test_dockerfile_runs_accelerate_as_a_non_root_user():
-    steps = dockerfile_instructions((ROOT / "Dockerfile").read_text())
-    kinds = [k for k, _ in steps]
-    users = [arg for k, arg in steps if k == "USER"]
-    assert users and users[-1].split(":")[0] not in ("root", "0")
-    assert kinds.index("USER") > max(i for i, k in enumerate(kinds) if k == "RUN"), "RUN after USER runs as the user"
-    entry = json.loads(next(arg for k, arg in steps if k == "ENTRYPOINT"))
-    assert entry == ["accelerate", "launch"]
-    cmd = json.loads(next(arg for k, arg in steps if k == "CMD"))
-    assert cmd[:2] == ["-m", "mlcdist.train"] and (ROOT / cmd[2]).exists()
-    volumes = json.loads(next(arg for k, arg in steps if k == "VOLUME"))
-    assert {"/workspace/shards", "/workspace/runs"} <= set(volumes)
-    base = next(arg for k, arg in steps if k == "ARG" and arg.startswith("BASE_IMAGE="))
-    assert re.fullmatch(r"BASE_IMAGE=pytorch/pytorch:\d+\.\d+\.\d+-cuda[\d.]+-cudnn\d+-runtime", base)
-    ignored = set((ROOT / ".dockerignore").read_text().split())
-    assert {"shards", "runs", ".git"} <= ignored
 
 
 DOCS = ["clusters.md", "backends.md", "datasets.md", "resuming.md"]
