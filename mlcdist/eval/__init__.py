@@ -13,7 +13,7 @@ The names below are imported on first use (PEP 562), so that ``python -m mlcdist
 which imports this package first, does not load torch.
 """
 
-from importlib import import_module
+from mlcdist.lazy import lazy_attributes
 
 _HOMES = {
     "Checkpoint": "features", "EvalInputError": "features", "FeatureSet": "features",
@@ -26,9 +26,4 @@ _HOMES = {
 __all__ = sorted(_HOMES)
 
 
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module 'mlcdist.eval' has no attribute {name!r}")
-    value = getattr(import_module(f"mlcdist.eval.{_HOMES[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes("mlcdist.eval", _HOMES, globals())

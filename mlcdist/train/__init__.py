@@ -14,7 +14,7 @@ module          holds
 ==============  =============================================================================
 """
 
-from importlib import import_module
+from mlcdist.lazy import lazy_attributes
 
 # Lazy, as mlcdist.eval: ``python -m mlcdist.train --help`` imports this package first, and the
 # trainer pulls in torch and torchvision (seconds); the command line needs neither to answer.
@@ -23,9 +23,4 @@ _HOMES = {"main": "command", "parse_args": "command",
 __all__ = sorted(_HOMES)
 
 
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module 'mlcdist.train' has no attribute {name!r}")
-    value = getattr(import_module(f"mlcdist.train.{_HOMES[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes("mlcdist.train", _HOMES, globals())

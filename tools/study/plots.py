@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
+from typing import Callable
 
 from tools.study.tables import ALL_METRICS, METHOD_TITLES, METRIC_TITLES
 
@@ -54,70 +55,64 @@ def _pyplot():
     return plt
 
 
+Points = Callable[[str, str], list[tuple[float, float, float]]]  # (method, metric) -> (x, mean, sd)
+
+
+def _gain_figure(path: Path, methods: list[str], points: Points, ticks: list[float], tick_labels: list[str],
+                 xlabel: str, title: str) -> Path:
+    """One panel per gain metric: a line per loss (error bars: the seed spread), BCE at 0."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(GAIN_METRICS), figsize=(6 * len(GAIN_METRICS), 4.2), squeeze=False)
+    for ax, metric in zip(axes[0], GAIN_METRICS):
+        for method in (m for m in methods if m != BASELINE):
+            if found := points(method, metric):
+                x, mean, sd = zip(*found)
+                ax.errorbar(x, mean, yerr=sd, marker="o", capsize=3, label=METHOD_TITLES.get(method, method))
+        ax.axhline(0.0, color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_xticks(ticks)
+        ax.set_xticklabels(tick_labels, fontsize=8)
+        ax.minorticks_off()
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"{METRIC_TITLES[metric]} gain over BCE")
+        ax.set_title(f"{METRIC_TITLES[metric]} gain over BCE, {title}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.text(0.01, 0.01, "test set, thresholds tuned on validation; bars: sd over seeds", fontsize=7)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def gain_vs_labels(summary: dict, num_labels: dict[str, int], methods: list[str], path: Path,
                    fraction: float) -> Path:
-    plt = _pyplot()
     datasets = sorted(summary, key=lambda d: (num_labels[d], d))
     # sets with the same label count sit side by side (x 1.08 each), under one tick
     same: dict[int, list[str]] = {}
     for d in datasets:
         same.setdefault(num_labels[d], []).append(d)
     where = {d: n * 1.08 ** names.index(d) for n, names in same.items() for d in names}
-    fig, axes = plt.subplots(1, len(GAIN_METRICS), figsize=(6 * len(GAIN_METRICS), 4.2), squeeze=False)
-    for ax, metric in zip(axes[0], GAIN_METRICS):
-        for method in (m for m in methods if m != BASELINE):
-            points = [(where[d], *_spread(g)) for d in datasets
-                      if (g := seed_gains(summary, d, method, metric))]
-            if points:
-                x, mean, sd = zip(*points)
-                ax.errorbar(x, mean, yerr=sd, marker="o", capsize=3, label=METHOD_TITLES.get(method, method))
-        ax.axhline(0.0, color="grey", lw=0.8, ls="--")
-        ax.set_xscale("log")
-        ax.set_xticks(list(same))
-        ax.set_xticklabels([f"{', '.join(names)}\n{n}" for n, names in same.items()], fontsize=8)
-        ax.minorticks_off()
-        ax.set_xlabel("data set and number of labels (log scale)")
-        ax.set_ylabel(f"{METRIC_TITLES[metric]} gain over BCE")
-        ax.set_title(f"{METRIC_TITLES[metric]} gain over BCE, training fraction {fraction:g}")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.text(0.01, 0.01, "test set, thresholds tuned on validation; bars: sd over seeds", fontsize=7)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+
+    def points(method: str, metric: str):
+        return [(where[d], *_spread(g)) for d in datasets if (g := seed_gains(summary, d, method, metric))]
+    return _gain_figure(path, methods, points, list(same), [f"{', '.join(v)}\n{n}" for n, v in same.items()],
+                        "data set and number of labels (log scale)", f"training fraction {fraction:g}")
 
 
 def gain_vs_fraction(by_fraction: dict[float, dict], methods: list[str], path: Path) -> Path:
-    plt = _pyplot()
     fractions = sorted(by_fraction)
-    fig, axes = plt.subplots(1, len(GAIN_METRICS), figsize=(6 * len(GAIN_METRICS), 4.2), squeeze=False)
-    for ax, metric in zip(axes[0], GAIN_METRICS):
-        for method in (m for m in methods if m != BASELINE):
-            points = []
-            for f in fractions:
-                per_set = [g for d in by_fraction[f] if (g := seed_gains(by_fraction[f], d, method, metric))]
-                if per_set:  # seed s's gain averaged over the data sets
-                    seeds = min(map(len, per_set))
-                    points.append((f, *_spread([statistics.fmean(g[s] for g in per_set) for s in range(seeds)])))
-            if points:
-                x, mean, sd = zip(*points)
-                ax.errorbar(x, mean, yerr=sd, marker="o", capsize=3, label=METHOD_TITLES.get(method, method))
-        ax.axhline(0.0, color="grey", lw=0.8, ls="--")
-        ax.set_xscale("log")
-        ax.set_xticks(fractions)
-        ax.set_xticklabels([f"{f:g}" for f in fractions])
-        ax.minorticks_off()
-        ax.set_xlabel("training fraction (log scale)")
-        ax.set_ylabel(f"{METRIC_TITLES[metric]} gain over BCE")
-        ax.set_title(f"{METRIC_TITLES[metric]} gain over BCE, mean over data sets")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.text(0.01, 0.01, "test set, thresholds tuned on validation; bars: sd over seeds", fontsize=7)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+
+    def points(method: str, metric: str):
+        found = []
+        for f in fractions:
+            per_set = [g for d in by_fraction[f] if (g := seed_gains(by_fraction[f], d, method, metric))]
+            if per_set:  # seed s's gain averaged over the data sets
+                seeds = min(map(len, per_set))
+                found.append((f, *_spread([statistics.fmean(g[s] for g in per_set) for s in range(seeds)])))
+        return found
+    return _gain_figure(path, methods, points, fractions, [f"{f:g}" for f in fractions],
+                        "training fraction (log scale)", "mean over data sets")
 
 
 def metric_bars(summary: dict, dataset: str, methods: list[str], path: Path, fraction: float) -> Path:
