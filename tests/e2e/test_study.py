@@ -132,3 +132,22 @@ def test_finetune_change_reuses_pretraining(tmp_path):
     assert (run / "pretrain" / "metrics.jsonl").stat().st_mtime_ns == log.st_mtime_ns
     assert first["epochs_run"] == 1 and second["epochs_run"] >= 2 and second["pretrain"] == first["pretrain"]
     assert paths["train"].is_file()
+
+
+def test_the_batch_rule_counts_the_rows_a_run_trains_on(tmp_path):
+    """bibtex's 4,880 training rows take batch 256; 10% of them is a small set: batch 32."""
+    import argparse
+
+    import torch
+
+    from tools.study.command import make_jobs
+    from tools.study.data import VectorSet
+    from tools.study.jobs import pretrain_config
+
+    x, y = torch.zeros(4880, 3), torch.zeros(4880, 2)
+    data = {"big": VectorSet("big", ("a", "b"), x, y, x[:10], y[:10], "fp")}
+    args = argparse.Namespace(epochs=None, finetune_epochs=None, val_fraction=0.1, candidates=None,
+                              batch_size=None)
+    jobs = make_jobs(data, ["mulsupcon"], [0.1, 1.0], 1, tmp_path, args, ())
+    batch = {job.fraction: pretrain_config(job, tmp_path).data.batch_size for job in jobs}
+    assert batch == {0.1: 32, 1.0: 256}

@@ -135,7 +135,7 @@ def expected_cost(job: Job, data: dict[str, VectorSet]) -> float:
     overhead + batch x width), fitted to one core (yeast ~4.4 ms, bibtex ~70 ms a step), with
     contrastive steps costing ~1.6x a supervised one (key encoder, queue)."""
     x = data[job.dataset].train_x
-    batch = paper_batch(len(x))
+    batch = paper_batch(round(job.fraction * len(x)))
     per_step = 3e-3 + batch * (x.shape[1] + 256) * 1.25e-7
     return job.fraction * len(x) / batch * per_step * (1.0 if job.method in SUPERVISED else 1.6)
 
