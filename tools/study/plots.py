@@ -125,10 +125,11 @@ def metric_bars(summary: dict, dataset: str, methods: list[str], path: Path, fra
         means = [s["mean"] if s["mean"] is not None else 0.0 for s in stats]
         sds = [s["sd"] or 0.0 for s in stats]
         xs = [j + (i - (len(present) - 1) / 2) * width for j in range(len(ALL_METRICS))]
-        ax.bar(xs, means, width, yerr=sds, capsize=2, label=METHOD_TITLES.get(method, method))
+        bars = ax.bar(xs, means, width, yerr=sds, capsize=2, label=METHOD_TITLES.get(method, method))
+        ax.bar_label(bars, fmt="%.3f", fontsize=6, rotation=90, padding=3)
     ax.set_xticks(range(len(ALL_METRICS)))
     ax.set_xticklabels([METRIC_TITLES[m] for m in ALL_METRICS])
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.12)  # room for the value labels above 1.0-ish bars
     ax.set_ylabel("test score")
     ax.set_title(f"{dataset}: six test metrics, training fraction {fraction:g} "
                  "(thresholds tuned on validation; bars: sd over seeds)", fontsize=10)
