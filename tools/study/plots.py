@@ -64,10 +64,13 @@ def _gain_figure(path: Path, methods: list[str], points: Points, ticks: list[flo
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(GAIN_METRICS), figsize=(6 * len(GAIN_METRICS), 4.2), squeeze=False)
     for ax, metric in zip(axes[0], GAIN_METRICS):
-        for method in (m for m in methods if m != BASELINE):
+        losses = [m for m in methods if m != BASELINE]
+        for i, method in enumerate(losses):
             if found := points(method, metric):
                 x, mean, sd = zip(*found)
-                ax.errorbar(x, mean, yerr=sd, marker="o", capsize=3, label=METHOD_TITLES.get(method, method))
+                dodge = 1.02 ** (i - (len(losses) - 1) / 2)  # error bars of one x side by side
+                ax.errorbar([v * dodge for v in x], mean, yerr=sd, marker="o", capsize=3,
+                            label=METHOD_TITLES.get(method, method))
         ax.axhline(0.0, color="grey", lw=0.8, ls="--")
         ax.set_xscale("log")
         ax.set_xticks(ticks)
