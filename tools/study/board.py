@@ -120,7 +120,7 @@ class ProgressBoard:
     def _log_done(self, key: str, seconds: float) -> None:
         elapsed = time.perf_counter() - self.start
         share = sum(v * self.weight[k] for k, v in self.credited.items()) / (100.0 * max(self.total, 1))
-        eta = elapsed * (1 - share) / share if share > 0 else float("nan")
+        eta = max(elapsed * (1 - share) / share, 0.0) if share > 0 else float("nan")
         reused = " (stored result reused)" if seconds == 0 else f" in {seconds:.0f} s"
         self.console.print(f"[{self.done}/{self.total}] {key} done{reused}; {len(self.rows)} running, "
                            f"{self.total - self.done - len(self.rows)} left, elapsed {elapsed / 60:.1f} "
