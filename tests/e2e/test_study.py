@@ -150,3 +150,15 @@ def test_the_batch_rule_counts_the_rows_a_run_trains_on(tmp_path):
     jobs = make_jobs(data, ["mulsupcon"], [0.1, 1.0], 1, tmp_path, args, ())
     batch = {job.fraction: pretrain_config(job, tmp_path).data.batch_size for job in jobs}
     assert batch == {0.1: 32, 1.0: 256}
+
+
+def test_tables_merge_runs_of_the_same_settings_only(tmp_path):
+    write_set(tmp_path / "arff", name="tiny", train=60, test=20, features=6)
+    out = tmp_path / "s"
+    base = ["--arff-dir", str(tmp_path / "arff"), "--fractions", "1.0", "--seeds", "1", "--finetune-epochs", "1",
+            "--jobs", "1", "--no-progress", "--out", str(out)]
+    assert study([*base, "--losses", "mulsupcon", "--epochs", "1"]) == 0
+    assert study([*base, "--losses", "bce", "--epochs", "1"]) == 0
+    assert json.loads((out / "results.json").read_text())["methods"] == ["mulsupcon", "bce"]
+    assert study([*base, "--losses", "jaccard", "--epochs", "2"]) == 0  # a quick look with other settings
+    assert json.loads((out / "results.json").read_text())["methods"] == ["jaccard"]

@@ -42,7 +42,8 @@ from typing import Optional
 from rich.console import Console
 
 from mlcdist.cli import command
-from tools.study.command import load_average, make_jobs, plain, run_grid
+from tools.study.command import call_settings, load_average, make_jobs, plain, run_grid
+from tools.study.report import stored_results
 from tools.study.data import DEFAULT_MULAN, ReproduceError, mulan_source
 from tools.study.tables import (
     PAPER_MULSUPCON,
@@ -149,17 +150,25 @@ def check_args(args: argparse.Namespace) -> None:
 
 def report(args: argparse.Namespace, results: list[dict], command: str, seconds: float,
            load: str) -> None:
-    """The tables on stdout, ``OUT/results.md`` and ``OUT/results.json``."""
-    summary = summarise(results, args.datasets, args.methods)
+    """The tables on stdout, ``OUT/results.md`` and ``OUT/results.json``: this call's runs and
+    every run stored in ``OUT`` by an earlier call with the same settings (other sets or methods)."""
+    merged = {(r["dataset"], r["method"], r["seed"]): r
+              for r in stored_results(args.out, call_settings(args, tuple(args.overrides)))
+              if r.get("fraction", 1.0) == 1.0 and r["method"] in METHODS}
+    merged.update({(r["dataset"], r["method"], r["seed"]): r for r in results})
+    datasets = args.datasets + sorted({d for d, _, _ in merged} - set(args.datasets))
+    methods = [m for m in METHODS if any(key[1] == m for key in merged)]
+    summary = summarise(list(merged.values()), datasets, methods)
+    seeds = max((len(e["seeds"]) for ms in summary.values() for e in ms.values()), default=args.seeds)
     out = Console(width=None if sys.stdout.isatty() else 150)  # a log file gets the full table
-    for table in rich_tables(summary, args.seeds):
+    for table in rich_tables(summary, seeds):
         out.print(table)
     out.print(f"wall time {seconds / 60:.1f} min ({seconds:.0f} s); {load}")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.md").write_text(markdown(summary, args.seeds, command, seconds, load))
+    (args.out / "results.md").write_text(markdown(summary, seeds, command, seconds, load))
     payload = {"command": command, "date": datetime.now().isoformat(timespec="seconds"),
-               "wall_seconds": round(seconds, 1), "load": load, "seeds": args.seeds,
-               "paper_mulsupcon": {d: PAPER_MULSUPCON[d] for d in args.datasets
+               "wall_seconds": round(seconds, 1), "load": load, "seeds": seeds,
+               "paper_mulsupcon": {d: PAPER_MULSUPCON[d] for d in datasets
                                    if d in PAPER_MULSUPCON},
                "tolerance": TOLERANCE, "protocols": {"paper": PAPER_NOTE}, "summary": summary}
     (args.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")

@@ -23,6 +23,7 @@ a second call into the same folder adds to the tables.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -139,6 +140,7 @@ def make_jobs(data: dict[str, VectorSet], methods: list[str], fractions: list[fl
     """One job per (data set, method, fraction, seed); ``args`` gives the shared settings."""
     from tools.study.jobs import Job, finetune_config, pretrain_config
 
+    settings = json.dumps(call_settings(args, overrides), sort_keys=True)
     jobs = []
     for name, vectors in data.items():
         for method in methods:
@@ -150,11 +152,18 @@ def make_jobs(data: dict[str, VectorSet], methods: list[str], fractions: list[fl
                 for seed in range(seeds):
                     jobs.append(Job(name, method, seed, str(out / name / f"{method}{part}" / f"seed-{seed}"),
                                     args.epochs, args.finetune_epochs, args.val_fraction, recipes,
-                                    overrides, fraction))
+                                    overrides, fraction, settings))
     for job in jobs[:: max(seeds, 1)]:  # every recipe once, before any run
         pretrain_config(job, Path(job.run_dir))
         finetune_config(job)
     return jobs
+
+
+def call_settings(args: argparse.Namespace, overrides: tuple[str, ...]) -> dict:
+    """What a call sets for all its runs (not the data set, loss, fraction or seed): the tables of
+    an output folder merge the stored runs made with the same settings, and only those."""
+    names = ("epochs", "finetune_epochs", "val_fraction", "candidates", "batch_size", "no_standardize")
+    return {name: getattr(args, name, None) for name in names} | {"overrides": list(overrides)}
 
 
 def run_grid(jobs: list[Job], data: dict[str, VectorSet], workers: int, progress: bool, fresh: bool,
@@ -199,5 +208,5 @@ def main(argv: Optional[list[str]] = None) -> int:
     run_grid(jobs, data, workers, not args.no_progress, args.fresh, console)
     seconds = time.perf_counter() - start
     write(args.out, line, seconds, f"{load} at start, {load_average()} at the end",
-          Console(width=None if sys.stdout.isatty() else 160))
+          Console(width=None if sys.stdout.isatty() else 160), call_settings(args, overrides))
     return 0

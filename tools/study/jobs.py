@@ -46,6 +46,7 @@ class Job:
     recipes: RunRecipes
     overrides: tuple[str, ...] = ()  # extra pretraining recipe overrides (ablations)
     fraction: float = 1.0  # share of the training rows (after the validation carve) used
+    settings: str = "{}"  # the call's shared settings as JSON: summaries merge only runs that share them
 
     @property
     def key(self) -> str:
@@ -94,7 +95,7 @@ def pretrain_fingerprint(job: Job, data_fp: str) -> str:
     settings, the resolved pretraining recipe (minus the output folder) and the shards."""
     from mlcdist.config import to_dict
 
-    fields = dataclasses.asdict(job) | {"run_dir": None, "finetune_epochs": None,
+    fields = dataclasses.asdict(job) | {"run_dir": None, "finetune_epochs": None, "settings": None,
                                         "recipes": {"pretrain": job.recipes.pretrain,
                                                     "pretrain_overrides": job.recipes.pretrain_overrides}}
     return _hash({"job": fields, "pretrain": to_dict(pretrain_config(job, Path("RUN"))), "data": data_fp,
@@ -267,6 +268,7 @@ def run_job(job: Job, data: VectorSet, sink: EventSink, fresh: bool,
     seconds = time.perf_counter() - start
     result = {"fingerprint": stamp, "dataset": job.dataset, "method": job.method, "seed": job.seed,
               "fraction": job.fraction, "train_rows": len(train_rows), "num_labels": len(data.class_names),
+              "settings": json.loads(job.settings),
               "test": report["test"], "val": report["val"],
               "selected_epoch": report["selected_epoch"], "epochs_run": report["epochs_run"],
               "pretrain": curve, "seconds": {"pretrain": round(pretrain_s, 1),

@@ -19,12 +19,14 @@ PROTOCOLS = {"val_tuned": "clean (thresholds tuned on validation)",
              "paper": "paper protocol (per-metric thresholds tuned on test, as the authors' code)"}
 
 
-def stored_results(out: Path) -> list[dict]:
-    """Every finished run under ``out`` (its ``result.json``), whichever call made it."""
+def stored_results(out: Path, settings: dict | None = None) -> list[dict]:
+    """Every finished run under ``out`` (its ``result.json``), whichever call made it; with
+    ``settings``, only the runs made with the same shared settings (``command.call_settings``)."""
     runs = []
     for path in sorted(out.glob("**/result.json")):
         result = json.loads(path.read_text())
-        if {"dataset", "method", "seed", "test"} <= result.keys():
+        if {"dataset", "method", "seed", "test"} <= result.keys() and (
+                settings is None or result.get("settings") == settings):
             runs.append(result)
     return runs
 
@@ -103,9 +105,12 @@ def markdown(results: list[dict], command: str, seconds: float, load: str, figur
     return "\n".join(lines)
 
 
-def write(out: Path, command: str, seconds: float, load: str, console: Console) -> list[dict]:
-    """``results.md``, ``results.json`` and the figures from every stored run under ``out``."""
-    results = stored_results(out)
+def write(out: Path, command: str, seconds: float, load: str, console: Console,
+          settings: dict | None = None) -> list[dict]:
+    """``results.md``, ``results.json`` and the figures from every stored run under ``out`` made
+    with these ``settings`` (so a second call adds its runs; a quick look with other settings
+    into the same folder is left out)."""
+    results = stored_results(out, settings)
     summaries, datasets, methods, labels = by_fraction(results)
     out.mkdir(parents=True, exist_ok=True)
     figures = draw_all(summaries, labels, methods, out) if results else []
