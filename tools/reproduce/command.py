@@ -45,6 +45,7 @@ from mlcdist.cli import command
 from tools.study.command import call_settings, load_average, make_jobs, plain, run_grid
 from tools.study.report import stored_results
 from tools.study.data import DEFAULT_MULAN, ReproduceError, mulan_source
+from tools.study.recipes import RECIPES
 from tools.study.tables import (
     PAPER_MULSUPCON,
     PAPER_NOTE,
@@ -120,8 +121,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args.datasets = [t for t in args.targets if "=" not in t]
     args.overrides = args.overrides + [t for t in args.targets if "=" in t]
     known = available_datasets(args.mulan)
-    for name in args.datasets:  # an unknown name here; a set with missing files fails in check_args
-        if args.mulan.is_dir() and not (args.mulan / name).is_dir():
+    known = sorted(set(known) | {p.stem for p in (RECIPES / "finetune").glob("*.yaml")})  # the paper's sets
+    for name in args.datasets:  # an unknown name here; a known set with missing files fails in check_args
+        if name not in known:
             parser.error(f"DATASET {name!r}: no {args.mulan / name / (name + '-train.arff')} (with "
                          f"{name}-test.arff and {name}.xml beside it); sets in {args.mulan}: "
                          f"{', '.join(known) or 'none'}; pass --mulan PATH, or use python -m tools.study "
