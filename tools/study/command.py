@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-epochs", type=int, default=None, help="finetune epoch cap (default: the recipe's)")
     p.add_argument("--candidates", choices=("moco", "batch"), default=None,
                    help="contrastive candidates: moco (recipes' default: own key, batch keys, queue) or "
-                        "batch (the study's in-batch, one-view setting)")
+                        "batch (the study's in-batch, one-view setting, for mulsupcon, jaccard, proto, msc, "
+                        "reg and reg_plain; weighted, all and any keep moco)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="pretraining and finetune batch (default: the paper's, 32 below 2,000 train rows, else 256)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="validation share of train (default 0.1)")
