@@ -29,7 +29,7 @@ EPS = 1e-8  # the study's code's
 Block = Callable[[int, int], tuple[Tensor, Tensor]]  # rows [r0, r1) -> (sum of losses, anchor count)
 
 
-def _masked_log_prob(s: Tensor, keep: Tensor) -> Tensor:
+def masked_log_prob(s: Tensor, keep: Tensor) -> Tensor:
     logits = s - s.masked_fill(~keep, float("-inf")).max(1, keepdim=True).values.detach()
     log_prob = logits - torch.log((torch.exp(logits) * keep).sum(1, keepdim=True))
     return torch.where(keep, log_prob, torch.zeros_like(log_prob))
@@ -52,7 +52,7 @@ def jaccard_block(x, y, keys, key_labels, tau, self_col) -> Block:
         yk = y if keys is None else key_labels
         rows = torch.arange(r0, r1, device=x.device)
         keep = _keep(rows, len(kk), self_col)
-        log_prob = _masked_log_prob(z[r0:r1] @ kk.T / tau, keep)
+        log_prob = masked_log_prob(z[r0:r1] @ kk.T / tau, keep)
         union = (y[r0:r1, None, :] + yk[None, :, :]).clamp(max=1).sum(-1)  # block x N x C
         jac = (y[r0:r1] @ yk.T) / (union + EPS) * keep
         w = jac / (jac.sum(1, keepdim=True) + EPS)
@@ -100,7 +100,7 @@ def reg_block(x, y, p, keys, key_labels, tau, alpha=0.0, regularise=True) -> Blo
         rows = torch.arange(r0, r1, device=x.device)
         keep = _keep(rows, len(ub), self_col)
         s = ua[r0:r1] @ ub.T / tau
-        log_prob = _masked_log_prob(s, keep)
+        log_prob = masked_log_prob(s, keep)
         both = torch.einsum("ac,bc->abc", ya[r0:r1], yb)  # block x (N+C) x C
         f = (both.sum(-1) / yb.sum(1)[None, :]).pow(alpha) * keep
         norm = (f[..., None] * both).sum(1)
@@ -142,3 +142,28 @@ def run_blocked(block: Block, rows: int, size: int, params: tuple[Tensor, ...],
     for q, g in zip(params, grads):
         q.grad = g / max(count, 1)
     return total / max(count, 1), seconds, True
+
+
+def checked_blocked(block: Block, rows: int, size: int, params: tuple[Tensor, ...], dense: Callable[[], Tensor],
+                    peak: Callable[[Callable[[], None]], float],
+                    max_seconds: Optional[float] = None) -> tuple[float, float, bool]:
+    """``run_blocked``, then, when it ran whole, the same value and gradients as ``dense()`` (the
+    dense loss of the same inputs), and ``peak`` (a memory probe) of one block's forward and
+    backward. Returns (seconds, peak MiB, ran whole); every param's ``grad`` is left None."""
+    value, seconds, whole = run_blocked(block, rows, size, params, max_seconds)
+    if whole:
+        got = [q.grad.clone() for q in params]
+        for q in params:
+            q.grad = None
+        want = dense()
+        want.backward()
+        torch.testing.assert_close(value, want.detach(), rtol=1e-4, atol=1e-4)
+        for g, q in zip(got, params):
+            torch.testing.assert_close(g, q.grad, rtol=1e-3, atol=1e-6)
+    for q in params:
+        q.grad = None
+
+    def one_block() -> None:
+        part, _ = block(0, min(size, rows))
+        torch.autograd.grad(part, params, allow_unused=True)
+    return seconds, peak(one_block), whole

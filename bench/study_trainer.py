@@ -22,23 +22,17 @@ import torch
 import torch.nn.functional as F
 
 from mlcdist.losses.study_terms import study_terms
-from study_blocked import block_rows, jaccard_block, msc_block, reg_block, run_blocked
+from study_blocked import block_rows, checked_blocked, jaccard_block, masked_log_prob, msc_block, reg_block
 from study_losses import BASELINES, EPS, _peak_mib
 
 KINDS = ("jaccard", "msc", "reg")
 ALIVE = {"jaccard": 3, "msc": 4, "reg": 3}  # label tensors of the largest shape alive at the peak
 
 
-def _masked_log_prob(s, keep):
-    logits = s - s.masked_fill(~keep, float("-inf")).max(1, keepdim=True).values.detach()
-    log_prob = logits - torch.log((torch.exp(logits) * keep).sum(1, keepdim=True))
-    return torch.where(keep, log_prob, torch.zeros_like(log_prob))
-
-
 def naive_jaccard(q, yq, k, yk, tau):
     z, kk = F.normalize(q, dim=1), F.normalize(k, dim=1)
     keep = torch.ones(len(z), len(kk), dtype=torch.bool, device=z.device)
-    log_prob = _masked_log_prob(z @ kk.T / tau, keep)
+    log_prob = masked_log_prob(z @ kk.T / tau, keep)
     union = (yq[:, None, :] + yk[None, :, :]).clamp(max=1).sum(-1)  # B x N x C, as compute_or
     jac = (yq @ yk.T) / (union + EPS)
     w = jac / (jac.sum(1, keepdim=True) + EPS)
@@ -67,7 +61,7 @@ def naive_reg(q, yq, k, yk, p, tau, alpha=0.0, regularise=True):
     keep = torch.ones(len(ua), len(ub), dtype=torch.bool, device=q.device)
     keep[len(q):, len(k):] = ~torch.eye(c, dtype=torch.bool, device=q.device)  # a prototype is not its own candidate
     s = ua @ ub.T / tau
-    log_prob = _masked_log_prob(s, keep)
+    log_prob = masked_log_prob(s, keep)
     both = torch.einsum("ac,bc->abc", ya, yb)  # (B+C) x (N+C) x C
     f = (both.sum(-1) / yb.sum(1)[None, :]).pow(alpha) * keep
     norm = (f[..., None] * both).sum(1)
@@ -138,23 +132,12 @@ def _blocked_baseline(kind, case, dense, device, naive_gib, naive_seconds):
     block, rows, per_row = _blocked(kind, *case)
     size = block_rows(per_row, naive_gib)
     params = (x, p) if kind != "jaccard" else (x,)
-    value, seconds, whole = run_blocked(block, rows, size, params, naive_seconds)
-    blocks = -(-rows // size)
-    if whole:  # same value and same gradients as the dense form
-        got = [q.grad.clone() for q in params]
-        x.grad = p.grad = None
-        want = dense()
-        want.backward()
-        torch.testing.assert_close(value, want.detach(), rtol=1e-4, atol=1e-4)
-        for g, q in zip(got, params):
-            torch.testing.assert_close(g, q.grad, rtol=1e-3, atol=1e-6)
+    seconds, peak, whole = checked_blocked(block, rows, size, params, dense,
+                                           lambda step: _peak_mib(step, device), naive_seconds)
     x.grad = p.grad = None
-
-    def one_block():
-        part, _ = block(0, min(size, rows))
-        torch.autograd.grad(part, params, allow_unused=True)
+    blocks = -(-rows // size)
     how = f"{blocks} blocks of {size}" if whole else f"~ from 1 of {blocks} blocks of {size}"
-    return seconds, _peak_mib(one_block, device), how
+    return seconds, peak, how
 
 
 def trainer_rows(batch, dim, repeats, device, time_fn, naive_gib=4.0, naive_seconds=None):

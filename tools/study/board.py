@@ -24,6 +24,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from mlcdist.config.schema import SUPERVISED_KINDS
 from tools.study.data import VectorSet
 from tools.study.jobs import Event, Job, run_job
 from tools.study.recipes import paper_batch
@@ -127,9 +128,6 @@ class ProgressBoard:
                            f"min, ETA {eta / 60:.1f} min", highlight=False, soft_wrap=True)
 
 
-SUPERVISED = ("bce", "asl", "zlpr")
-
-
 def expected_cost(job: Job, data: dict[str, VectorSet]) -> float:
     """Relative run time, for longest-first scheduling and the ETA: steps x (a fixed per-step
     overhead + batch x width), fitted to one core (yeast ~4.4 ms, bibtex ~70 ms a step), with
@@ -137,7 +135,7 @@ def expected_cost(job: Job, data: dict[str, VectorSet]) -> float:
     x = data[job.dataset].train_x
     batch = paper_batch(round(job.fraction * len(x)))
     per_step = 3e-3 + batch * (x.shape[1] + 256) * 1.25e-7
-    return job.fraction * len(x) / batch * per_step * (1.0 if job.method in SUPERVISED else 1.6)
+    return job.fraction * len(x) / batch * per_step * (1.0 if job.method in SUPERVISED_KINDS else 1.6)
 
 
 def run_all(jobs: list[Job], data: dict[str, VectorSet], workers: int, board: ProgressBoard,

@@ -14,12 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from mlcdist.config.schema import IN_BATCH_KINDS
 from tools.study.data import REPO
 
 RECIPES = REPO / "recipes"
 LOG_EVERY = 6  # pretraining steps between logged losses
 SMALL_SET = 2000  # the paper: batch 32 below this many training samples, 256 otherwise
-IN_BATCH_KINDS = ("mulsupcon", "jaccard", "proto", "msc", "reg", "reg_plain")  # config.schema
 
 
 def paper_batch(train_rows: int) -> int:
