@@ -1,11 +1,12 @@
 # Quick start targets (see README.md). PYTHON may point at a virtual environment's python.
 PYTHON ?= python3
 PIP_TORCH = torch==2.14.1 torchvision==0.29.1
-# Installed already (as distributions, not merely importable from this folder)? Then setup does
-# not call pip, which needs the package index and fails offline.
-export INSTALLED = import importlib.metadata as m; [m.version(p) for p in ("mlcdist", "accelerate", \
-    "deepspeed", "webdataset", "pyyaml", "rich", "matplotlib", "pytest", "pytest-timeout", "scikit-learn", \
-    "tensorboard")]
+# Installed already (mlcdist and every requirement pyproject.toml lists, dev extra included, as
+# distributions, not merely importable from this folder)? Then setup does not call pip, which needs
+# the package index and fails offline. Without tomllib (Python 3.10) it just installs.
+export INSTALLED = import importlib.metadata as m, re, tomllib; \
+    project = tomllib.load(open("pyproject.toml", "rb"))["project"]; m.version("mlcdist"); \
+    [m.version(re.split(r"[<>=!~;\[ ]", r)[0]) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
 
 .PHONY: setup demo demo-image test bench
 

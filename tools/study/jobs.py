@@ -102,13 +102,13 @@ def pretrain_fingerprint(job: Job, data_fp: str) -> str:
                   "version": 2})
 
 
-def fingerprint(job: Job, data_fp: str) -> str:
-    """Hash of everything that decides a run's numbers: the pretraining fingerprint plus the
-    resolved finetune recipe; a stored result with another hash is recomputed (and only the
-    finetune when the pretraining fingerprint still matches)."""
+def fingerprint(job: Job, pretrain_stamp: str) -> str:
+    """Hash of everything that decides a run's numbers: the pretraining fingerprint
+    (``pretrain_fingerprint``) plus the resolved finetune recipe; a stored result with another
+    hash is recomputed (and only the finetune when the pretraining fingerprint still matches)."""
     from mlcdist.config import to_dict
 
-    return _hash({"pretrain": pretrain_fingerprint(job, data_fp), "finetune_epochs": job.finetune_epochs,
+    return _hash({"pretrain": pretrain_stamp, "finetune_epochs": job.finetune_epochs,
                   "finetune": to_dict(finetune_config(job).eval), "version": 2})
 
 
@@ -160,9 +160,8 @@ def finetune_and_score(job: Job, data: VectorSet, train_rows: Tensor, val_rows: 
     from mlcdist.eval.probe import FinetuneData, finetune
     from mlcdist.eval.report import build_report, write_report
     from mlcdist.models import build_backbone
-    from mlcdist.parallel import detect_strategy, make_accelerator
-
     from mlcdist.models.state import load_state_strict
+    from mlcdist.parallel import detect_strategy, make_accelerator
 
     cfg = finetune_config(job)
     model_cfg = pretrain_config(job, pretrain_dir).model
@@ -246,7 +245,8 @@ def run_job(job: Job, data: VectorSet, sink: EventSink, fresh: bool,
     from mlcdist.eval.features import carve_validation
 
     run_dir = Path(job.run_dir)
-    stamp, pre_stamp = fingerprint(job, data.fingerprint), pretrain_fingerprint(job, data.fingerprint)
+    pre_stamp = pretrain_fingerprint(job, data.fingerprint)
+    stamp = fingerprint(job, pre_stamp)
     result = None if fresh else _stored(run_dir, stamp)
     if result is not None:
         sink(("done", job.key, 0.0))

@@ -77,8 +77,10 @@ def gain_rows(summaries: dict[float, dict], datasets: list[str]) -> list[list[st
     return rows
 
 
-def markdown(results: list[dict], command: str, seconds: float, load: str, figures: list[Path]) -> str:
-    summaries, datasets, methods, labels = by_fraction(results)
+def markdown(results: list[dict], grouped: tuple, command: str, seconds: float, load: str,
+             figures: list[Path]) -> str:
+    """``grouped``: ``by_fraction(results)``."""
+    summaries, datasets, methods, labels = grouped
     head = ["loss", "fraction", "seeds", *[METRIC_TITLES[m] for m in ALL_METRICS]]
     lines = ["# Multi-label contrastive study", "", f"`{command}`", "",
              f"{datetime.now():%Y-%m-%d %H:%M}; {len(results)} runs; wall time {seconds / 60:.1f} min; {load}.",
@@ -111,10 +113,11 @@ def write(out: Path, command: str, seconds: float, load: str, console: Console,
     with these ``settings`` (so a second call adds its runs; a quick look with other settings
     into the same folder is left out)."""
     results = stored_results(out, settings)
-    summaries, datasets, methods, labels = by_fraction(results)
+    grouped = by_fraction(results)
+    summaries, datasets, methods, labels = grouped
     out.mkdir(parents=True, exist_ok=True)
     figures = draw_all(summaries, labels, methods, out) if results else []
-    (out / "results.md").write_text(markdown(results, command, seconds, load, figures))
+    (out / "results.md").write_text(markdown(results, grouped, command, seconds, load, figures))
     payload = {"command": command, "date": datetime.now().isoformat(timespec="seconds"),
                "wall_seconds": round(seconds, 1), "load": load, "datasets": datasets, "methods": methods,
                "num_labels": labels, "protocols": PROTOCOLS,
