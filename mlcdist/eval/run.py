@@ -46,6 +46,7 @@ class EvalJob:
     val_mask: Optional[torch.Tensor]
     log: Callable[[str], None]
     warnings: list[str] = dataclasses.field(default_factory=list)  # the data's (recipe.data_warnings)
+    val_seen_in_pretraining: bool = False  # recipe.carve_seen_in_pretraining
 
     def loader(self, split: str):
         from mlcdist.data.cpus import cap_num_workers
@@ -133,8 +134,7 @@ def write_outputs(job: EvalJob, result: ProbeResult, plots: bool) -> dict:
     if job.val_mask is not None:
         datasets["val"] = {"path": cfg.data.train, "name": f"{train.name} (carved)",
                            "carved_fraction": cfg.eval.val_fraction, "seed": cfg.eval.seed,
-                           "seen_in_pretraining": carve_seen_in_pretraining(
-                               cfg, None if job.random_init else ckpt, carved=True)}
+                           "seen_in_pretraining": job.val_seen_in_pretraining}
     report = build_report(
         result, cfg.eval, train.class_names, mode=cfg.eval.mode, transfer=cfg.eval.transfer,
         random_init=job.random_init, checkpoint="random" if ckpt is None else str(ckpt.path),
@@ -179,10 +179,11 @@ def run_eval(args: argparse.Namespace) -> Optional[dict]:
     val_mask = None if "val" in infos else carve_validation(infos["train"].num_samples, cfg.eval.val_fraction,
                                                              cfg.eval.seed)
     job = EvalJob(cfg, ckpt, infos, random_init, output_dir(args, cfg, ckpt, random_init, infos["train"]),
-                  acc, val_mask, console.print, data_warnings(cfg, infos))
+                  acc, val_mask, console.print, data_warnings(cfg, infos),
+                  carve_seen_in_pretraining(cfg, None if random_init else ckpt, val_mask is not None))
     for warning in job.warnings:
         console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True)
-    if carve_seen_in_pretraining(cfg, None if random_init else ckpt, val_mask is not None):
+    if job.val_seen_in_pretraining:
         console.print(f"[bold]note:[/] the validation split is carved from data.train ({cfg.data.train}), the "
                       "split this checkpoint was pretrained on: its rows and labels shaped the encoder, so the "
                       "epoch and threshold choices are optimistic; name a held-out data.val, or use python -m "
