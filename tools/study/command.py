@@ -28,9 +28,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional, get_args
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional, get_args, get_type_hints
 
 from rich.console import Console
 
@@ -50,10 +48,7 @@ DEFAULT_FRACTIONS = (0.1, 1.0)
 
 def loss_kinds() -> tuple[str, ...]:
     """Every ``loss.kind`` the trainer accepts."""
-    import typing
-
-    hints = typing.get_type_hints(LossConfig)
-    return tuple(get_args(hints["kind"]))
+    return tuple(get_args(get_type_hints(LossConfig)["kind"]))
 
 
 def plain(text: str) -> str:

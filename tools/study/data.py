@@ -16,14 +16,14 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-from rich.console import Console
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from torch import Tensor
+from rich.console import Console
 
 from mlcdist.errors import MlcdistError
+
+if TYPE_CHECKING:  # torch loads only when a set is read, so that --help stays fast
+    from torch import Tensor
 
 REPO = Path(__file__).resolve().parents[2]
 # the official splits live outside the repository; MLCDIST_MULAN (or --mulan) points at them
