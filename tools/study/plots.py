@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 from typing import Callable
 
-from tools.study.tables import ALL_METRICS, METHOD_TITLES, METRIC_TITLES
+from tools.study.tables import ALL_METRICS, METHOD_TITLES, METRIC_TITLES, mean_sd
 
 GAIN_METRICS = ("macro_f1", "mAP")
 BASELINE = "bce"
@@ -30,7 +30,9 @@ def _finite(values: list) -> list[float]:
 
 
 def _spread(values: list[float]) -> tuple[float, float]:
-    return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+    """Mean and sample sd (0 for one value), as every table of the study reports them."""
+    stat = mean_sd(values)
+    return stat["mean"], stat["sd"]
 
 
 def seed_gains(summary: dict, dataset: str, method: str, metric: str) -> list[float]:
