@@ -13,13 +13,18 @@ Adam lr 4e-4 with weight decay 1e-5 on the weight matrices.
 * trainer: ``Trainer.fit`` from the recipe, reading the shards with ``make_loader`` (resident
   vectors: read once, batched by indexing), logging every 20 steps as the recipe does;
 * plain loop: the same model, loss function (``multilabel_supcon``), optimizer, EMA (two foreach
-  ops) and queue (a tensor ring buffer) written out in ~25 lines, on tensors already in memory.
+  ops) and queue (a tensor ring buffer) written out in ~25 lines, on tensors already in memory;
+* study tool: ``Trainer.fit`` as ``python -m tools.study`` / ``tools.reproduce`` pretrain (rows in
+  memory through ``TensorPretrainLoader``, the validation carve left out, logging every
+  ``LOG_EVERY`` steps, a checkpoint only at the end); the trainer row is the by-hand path
+  (``mlcdist.train recipes/yeast.yaml``: shards, the same carve held out by ``data.hold_out_val``).
 
 Throughput counts training samples per second over the timed steps (after ``--warmup`` steps),
 best of ``--rounds`` alternating rounds; the loader share is the time the trainer spent waiting
 for its batches (the loader's epoch set-up included) over all its timed steps. ``--stream`` also
 times the streaming loader (one ``.npy`` decoded per sample) for comparison. The last line is
-``trainer vs plain loop: X.XXx samples/s, loader share Y.Y%``.
+``trainer vs plain loop: X.XXx samples/s, loader share Y.Y%``; the one before it compares the
+by-hand path with the study tool.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from rich.console import Console  # noqa: E402
 
-from mlcdist.config import load_recipe  # noqa: E402
+from mlcdist.config import load_recipe, to_dict  # noqa: E402
 from mlcdist.data.encode import npy_bytes  # noqa: E402
 from mlcdist.data.loaders import make_loader  # noqa: E402
 from mlcdist.data.records import EncodedSample  # noqa: E402
@@ -91,12 +96,17 @@ class TimedLoader:
             yield batch
 
 
-def trainer_round(cfg, warmup: int) -> tuple[float, float, float]:
-    """(seconds, seconds waiting for batches, steps) of one ``Trainer.fit`` after ``warmup`` steps."""
+def trainer_round(cfg, warmup: int, loader=None) -> tuple[float, float, float]:
+    """(seconds, seconds waiting for batches, steps) of one ``Trainer.fit`` after ``warmup`` steps;
+    ``loader`` defaults to the one ``mlcdist.train`` builds from the recipe (``data.hold_out_val``)."""
+    from mlcdist.data.split import pretraining_hold_out
     from mlcdist.train import Trainer
 
     shutil.rmtree(cfg.logging.run_dir, ignore_errors=True)
-    loader = TimedLoader(make_loader(cfg.data.train, cfg.data, cfg.augment, mode="pretrain"))
+    if loader is None:
+        loader = make_loader(cfg.data.train, cfg.data, cfg.augment, mode="pretrain",
+                             hold_out=pretraining_hold_out(to_dict(cfg)))
+    loader = TimedLoader(loader)
     Trainer(cfg, loader=loader, console=Console(quiet=True)).fit()
     asked, got = np.array(loader.asked), np.array(loader.got)
     # step k runs from asking for batch k to asking for batch k+1; the last step (then the final
@@ -149,6 +159,18 @@ def plain_round(cfg, x: torch.Tensor, y: torch.Tensor, steps: int, warmup: int) 
     return time.perf_counter() - start, steps
 
 
+def tool_round(cfg, x: torch.Tensor, y: torch.Tensor, warmup: int) -> tuple[float, float, float]:
+    """``trainer_round`` as the study tool pretrains: its overrides, the kept rows in memory."""
+    from mlcdist.data.memory import TensorPretrainLoader
+    from mlcdist.data.split import carve_mask
+    from tools.study.recipes import LOG_EVERY
+
+    cfg.logging.every_steps, cfg.checkpoint.every_epochs, cfg.checkpoint.every_steps = LOG_EVERY, 0, 0
+    kept = ~carve_mask(len(x), cfg.eval.val_fraction, cfg.eval.seed)
+    loader = TensorPretrainLoader(x[kept], y[kept], cfg.data.batch_size, cfg.augment.mask_ratio, cfg.seed)
+    return trainer_round(cfg, warmup, loader)
+
+
 def loader_ms_per_batch(cfg, batches: int) -> tuple[float, float, float]:
     """(streaming loader ms/batch, resident loader's one-off read ms, resident ms/batch)."""
     def timed_pass(loader) -> float:
@@ -192,18 +214,22 @@ def main(argv=None) -> None:
             streamed, read_ms, held = loader_ms_per_batch(cfg, steps_per_epoch)
             print(f"loader ms/batch: streaming {streamed:.2f}; resident {held:.3f} "
                   f"(after reading the shards once: {read_ms:.0f} ms)")
-        best_trainer, best_plain, waits, spans = 0.0, 0.0, 0.0, 0.0
+        best_trainer, best_plain, best_tool, waits, spans = 0.0, 0.0, 0.0, 0.0, 0.0
+        batch = cfg.data.batch_size
         for _ in range(args.rounds):
             span, wait, steps = trainer_round(copy.deepcopy(cfg), args.warmup)
-            best_trainer = max(best_trainer, steps * cfg.data.batch_size / span)
+            best_trainer = max(best_trainer, steps * batch / span)
             waits, spans = waits + wait, spans + span
             seconds, plain_steps = plain_round(cfg, x, y, steps, args.warmup)
-            best_plain = max(best_plain, plain_steps * cfg.data.batch_size / seconds)
+            best_plain = max(best_plain, plain_steps * batch / seconds)
+            tool_span, _, tool_steps = tool_round(copy.deepcopy(cfg), x, y, args.warmup)
+            best_tool = max(best_tool, tool_steps * batch / tool_span)
         share = 100 * waits / spans
-        batch = cfg.data.batch_size
         print(f"plain torch loop: {best_plain:9.0f} samples/s ({1e3 * batch / best_plain:.2f} ms/step)")
+        print(f"study tool:       {best_tool:9.0f} samples/s ({1e3 * batch / best_tool:.2f} ms/step)")
         print(f"mlcdist trainer:  {best_trainer:9.0f} samples/s ({1e3 * batch / best_trainer:.2f} ms/step), "
-              f"best of {args.rounds} rounds of {steps} timed steps")
+              f"by hand (shards, carve held out), best of {args.rounds} rounds of {steps} timed steps")
+        print(f"by hand vs study tool: {best_trainer / best_tool:.2f}x samples/s")
         print(f"trainer vs plain loop: {best_trainer / best_plain:.2f}x samples/s, loader share {share:.1f}%")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -37,6 +37,9 @@ class DataConfig:
     ``allow_missing`` (then its missing samples are skipped and counted, like corrupt ones).
     ``max_skipped_fraction``: the largest share of an epoch's samples (all ranks) that may be
     corrupt or missing (skipped, their batch slots refilled) before training stops with an error.
+    ``hold_out_val``: with no ``val`` split, pretraining leaves out the rows ``mlcdist.eval`` will
+    carve from ``train`` as its validation split (``eval.val_fraction``, ``eval.seed``), so the
+    epoch and threshold chosen on them are chosen on rows, and labels, the encoder never saw.
     """
 
     train: str = ""
@@ -49,6 +52,7 @@ class DataConfig:
     seed: int = 0
     max_skipped_fraction: float = 0.01
     allow_missing: bool = False
+    hold_out_val: bool = True
 
     def validate(self) -> None:
         _positive(self, "batch_size")

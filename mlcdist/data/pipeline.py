@@ -53,6 +53,7 @@ from mlcdist.data import gpu_augment
 from mlcdist.data.batch import PretrainBatch, views_to_device
 from mlcdist.data.info import DatasetError, DatasetInfo, join_url, load_dataset_info
 from mlcdist.data.plan import PlanMode, Segment, WorkerPlan, batches_per_rank, plan_worker, resampled_segments
+from mlcdist.data.split import HeldOut
 from mlcdist.data.records import LABELS_MEMBER, Shortfall, decode_labels, decode_vector, read_shard
 from mlcdist.errors import MlcdistError
 from mlcdist.seeds import mix_seed, sample_seeds
@@ -137,23 +138,26 @@ class ShardStream(IterableDataset):
     """One rank's batches; each DataLoader worker builds its share from ``plan_worker``."""
 
     def __init__(self, info: DatasetInfo, shards: ShardSet, data: DataConfig, augment: AugmentConfig,
-                 mode: Mode, rank: int, world_size: int):
+                 mode: Mode, rank: int, world_size: int, held: Optional[HeldOut] = None):
         if info.modality not in ("image", "vector"):
             raise DatasetError(f"{info.root}/dataset.json: modality {info.modality!r} must be 'image' or 'vector'")
         if info.modality == "vector" and not info.feature_dim:
             raise DatasetError(f"{info.root}/dataset.json: vector data needs feature_dim")
         self.info, self.shards, self.data, self.augment = info, shards, data, augment
         self.mode, self.rank, self.world_size = mode, rank, world_size
+        self.held = held  # rows no epoch reads (split.py: pretraining leaves out the validation carve)
         self.plan_mode: PlanMode = "eval" if mode == "eval" else ("resampled" if data.resampled else "train")
         self.workers = max(1, data.num_workers)
         self.epoch, self.skip_batches = 0, 0
         self.transform = (aug.pretrain_image_transform if mode == "pretrain" else aug.eval_image_transform)(augment)
         # augment.device=gpu: pretrain image batches stay undecoded JPEG bytes (see module docstring)
         self.raw_jpeg = mode == "pretrain" and info.modality == "image" and augment.device == "gpu"
-        self.batches = batches_per_rank(sum(shards.sizes), world_size, data.batch_size, self.plan_mode)
+        readable = sum(held.kept_sizes) if held is not None else sum(shards.sizes)
+        self.batches = batches_per_rank(readable, world_size, data.batch_size, self.plan_mode)
         if self.batches == 0:
-            raise DatasetError(f"{info.root}: {sum(shards.sizes)} samples give no full batch of "
-                             f"{data.batch_size} x {world_size} ranks; lower data.batch_size")
+            kept = f" (after holding out {held.count} for validation)" if held is not None else ""
+            raise DatasetError(f"{info.root}: {readable} samples{kept} give no full batch of "
+                               f"{data.batch_size} x {world_size} ranks; lower data.batch_size")
 
     # -- raw stream --------------------------------------------------------------------------
 
@@ -161,13 +165,14 @@ class ShardStream(IterableDataset):
         """Plan worker ``worker``'s share of this rank's epoch (``plan.py``)."""
         return plan_worker(self.shards.sizes, mode=self.plan_mode, seed=self.data.seed, epoch=self.epoch,
                            rank=self.rank, world_size=self.world_size, batch_size=self.data.batch_size,
-                           num_workers=self.workers, worker=worker, skip_batches=self.skip_batches)
+                           num_workers=self.workers, worker=worker, skip_batches=self.skip_batches,
+                           held=self.held)
 
     def _segments(self, plan: WorkerPlan, worker: int) -> Iterable[Segment]:
         """The shard slices plan worker ``worker`` reads, in reading order."""
         if self.plan_mode == "resampled":
             rng = np.random.default_rng(mix_seed(self.data.seed, self.epoch, self.rank, worker, 0xE5A))
-            return resampled_segments(self.shards.sizes, plan.batches * self.data.batch_size, rng)
+            return resampled_segments(self.shards.sizes, plan.batches * self.data.batch_size, rng, self.held)
         return plan.segments
 
     def _shuffle_rng(self, worker: int) -> np.random.Generator:
@@ -176,8 +181,10 @@ class ShardStream(IterableDataset):
     def _raw(self, plan: WorkerPlan, worker: int) -> Iterator[tuple[int, Optional[dict]]]:
         """``(global index, raw sample or None)`` for every planned entry; padding is ``(-1, None)``."""
         for seg in self._segments(plan, worker):
+            dropped = self.held.excluded[seg.shard] if self.held is not None else None
             for pos, sample in read_shard(self.shards.urls[seg.shard], seg.start, seg.stop):
-                yield self.shards.offsets[seg.shard] + pos, sample
+                if dropped is None or not dropped[pos]:
+                    yield self.shards.offsets[seg.shard] + pos, sample
         for _ in range(plan.padding):
             yield -1, None
 

@@ -22,15 +22,21 @@ batches ``0, 1, 2, ...`` in order. Worker ``w`` owns the contiguous slice of its
 ``[B * sum_{v<w} b_v, B * sum_{v<=w} b_v)``, so it opens only the shards overlapping that slice.
 Resuming at rank batch ``k`` skips the first ``k_w = |range(w, min(k, b), W)|`` batches of worker
 ``w``.
+
+Held-out rows (``split.HeldOut``: the validation carve that pretraining leaves out): all of the
+above runs on the kept rows only (``n_i`` = the kept rows of shard ``i``, ``N`` their sum), and each
+planned slice of kept rows is read as the shard slice that spans it; the readers drop the
+held-out rows inside (``ShardStream._raw``, ``ResidentVectors.epoch_rows``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Literal, Sequence
+from typing import Iterator, Literal, Optional, Sequence
 
 import numpy as np
 
+from mlcdist.data.split import HeldOut
 from mlcdist.seeds import mix_seed
 
 PlanMode = Literal["train", "eval", "resampled"]
@@ -123,13 +129,17 @@ def plan_worker(
     num_workers: int,
     worker: int,
     skip_batches: int = 0,
+    held: Optional[HeldOut] = None,
 ) -> WorkerPlan:
-    """The full plan of worker ``worker`` of rank ``rank`` for ``epoch`` (see module docstring)."""
+    """The full plan of worker ``worker`` of rank ``rank`` for ``epoch`` (see module docstring);
+    with ``held``, over its kept rows (segments are shard slices spanning them)."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
     workers = max(1, num_workers)
     if not 0 <= worker < workers:
         raise ValueError(f"worker {worker} is outside 0..{workers - 1}")
+    if held is not None:
+        sizes = held.kept_sizes
     total = int(sum(sizes))
     b = batches_per_rank(total, world_size, batch_size, mode)
     mine = worker_batches(b, workers, worker)
@@ -143,15 +153,22 @@ def plan_worker(
     real_lo = min(lo, real_hi)
     order = shard_order(len(sizes), seed, epoch, shuffle=(mode == "train"))
     segments = segments_between(sizes, order, first + real_lo, first + real_hi)
+    if held is not None:
+        segments = [Segment(seg.shard, *held.to_full(seg.shard, seg.start, seg.stop))
+                    for seg in segments if seg.stop > seg.start]
     return WorkerPlan(mine, skip, tuple(segments), (hi - lo) - (real_hi - real_lo))
 
 
-def resampled_segments(sizes: Sequence[int], need: int, rng: np.random.Generator) -> Iterator[Segment]:
+def resampled_segments(sizes: Sequence[int], need: int, rng: np.random.Generator,
+                       held: Optional[HeldOut] = None) -> Iterator[Segment]:
     """``resampled`` mode: whole shards drawn with replacement (probability proportional to their
-    size) until ``need`` samples are covered; the last draw is cut short."""
+    size, or their kept rows with ``held``) until ``need`` samples are covered; the last draw is
+    cut short."""
+    if held is not None:
+        sizes = held.kept_sizes
     weights = np.asarray(sizes, dtype=np.float64)
     while need > 0:
         k = int(rng.choice(len(weights), p=weights / weights.sum()))
         take = min(need, int(sizes[k]))
-        yield Segment(k, 0, take)
+        yield Segment(k, *held.to_full(k, 0, take)) if held is not None else Segment(k, 0, take)
         need -= take

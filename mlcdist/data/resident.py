@@ -113,13 +113,19 @@ class ResidentVectors(ShardStream):
         rows = np.empty((self.batches, size), dtype=np.int64)
         for w in range(workers):
             plan = self._plan(w)
-            parts = [self.row_start[seg.shard] + np.arange(seg.start, seg.stop) for seg in self._segments(plan, w)]
+            parts = [self.row_start[seg.shard] + self._positions(seg) for seg in self._segments(plan, w)]
             order = np.concatenate([*parts, np.full(plan.padding, -1, dtype=np.int64)])
             if self.plan_mode != "eval":
                 order = np.asarray(buffered_order(order.tolist(), self.data.shuffle_buffer,
                                                   self._shuffle_rng(w)), dtype=np.int64)
             rows[w::workers] = order.reshape(plan.batches, size)
         return rows
+
+    def _positions(self, seg) -> np.ndarray:
+        """The shard positions of ``seg`` the stream yields: held-out rows dropped (``_raw``)."""
+        if self.held is None:
+            return np.arange(seg.start, seg.stop)
+        return self.held.positions(seg.shard, seg.start, seg.stop)
 
     def batches_from(self, skip: int) -> Iterator[dict]:
         """Rank batches ``skip, skip+1, ...`` of the epoch, with ``shortfall`` and ``skipped``

@@ -123,15 +123,15 @@ def load_backbone_state(backbone: nn.Module, ckpt: Checkpoint, arch: str) -> Non
 
 
 def carve_validation(num_samples: int, fraction: float, seed: int) -> Tensor:
-    """Bool mask over dataset indices ``0..N-1``: ``max(1, round(f*N))`` of them (a seeded
-    random subset, capped at ``N-1``) form the validation split, the rest stay in train."""
-    if num_samples < 2:
-        raise EvalInputError(f"cannot carve a validation split from {num_samples} sample(s)")
-    count = min(num_samples - 1, max(1, round(fraction * num_samples)))
-    perm = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))
-    mask = torch.zeros(num_samples, dtype=torch.bool)
-    mask[perm[:count]] = True
-    return mask
+    """``data.split.carve_mask``: the seeded validation rows, the ones pretraining held out
+    (``data.hold_out_val``); too few samples is an :class:`EvalInputError`."""
+    from mlcdist.data.info import DatasetError
+    from mlcdist.data.split import carve_mask
+
+    try:
+        return carve_mask(num_samples, fraction, seed)
+    except DatasetError as err:
+        raise EvalInputError(str(err)) from None
 
 
 # ---------------------------------------------------------------------------------------------

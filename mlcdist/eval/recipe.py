@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Optional
 
 from mlcdist.config import RecipeConfig, apply_overrides, from_dict, load_raw, merge
+from torch import Tensor
+
 from mlcdist.data.info import DatasetInfo, split_info
+from mlcdist.data.split import carve_mask, pretraining_hold_out
 from mlcdist.eval.features import Checkpoint, EvalInputError
 
 SPLITS = ("train", "val", "test")
@@ -121,17 +124,26 @@ def data_warnings(cfg: RecipeConfig, infos: dict[str, DatasetInfo]) -> list[str]
     return []
 
 
-def carve_seen_in_pretraining(cfg: RecipeConfig, ckpt: Optional[Checkpoint], carved: bool) -> bool:
-    """Is the validation split carved from the very split the checkpoint was pretrained on?
+def carve_seen_in_pretraining(cfg: RecipeConfig, ckpt: Optional[Checkpoint], val_mask: Optional[Tensor]) -> int:
+    """How many validation rows the checkpoint was pretrained on (0: a clean carve).
 
-    Then its rows (and labels) shaped the encoder, and the epoch and threshold choices made on
-    them are optimistic. ``tools.study`` pretrains without its carve; by hand, name a ``data.val``."""
+    A carve from the very split the checkpoint was pretrained on is clean when pretraining held
+    the same rows out (``data.hold_out_val``, the same ``eval.val_fraction`` and ``eval.seed``;
+    ``data/split.py``). Otherwise the rows it trained on, labels included, shaped the encoder and
+    the epoch and threshold choices made on them are optimistic."""
     pre = (ckpt.recipe.get("data") or {}).get("train") if ckpt is not None else None
-    if not carved or not pre or cfg.eval.transfer:
-        return False
+    if val_mask is None or not pre or cfg.eval.transfer:
+        return 0
     if "://" in pre + cfg.data.train:
-        return pre == cfg.data.train
-    return Path(pre).resolve() == Path(cfg.data.train).resolve()
+        same = pre == cfg.data.train
+    else:
+        same = Path(pre).resolve() == Path(cfg.data.train).resolve()
+    if not same:
+        return 0
+    held = pretraining_hold_out(ckpt.recipe)
+    if held is None:
+        return int(val_mask.sum())
+    return int((val_mask & ~carve_mask(len(val_mask), *held)).sum())
 
 
 def output_dir(args: argparse.Namespace, cfg: RecipeConfig, ckpt: Optional[Checkpoint],

@@ -46,7 +46,7 @@ class EvalJob:
     val_mask: Optional[torch.Tensor]
     log: Callable[[str], None]
     warnings: list[str] = dataclasses.field(default_factory=list)  # the data's (recipe.data_warnings)
-    val_seen_in_pretraining: bool = False  # recipe.carve_seen_in_pretraining
+    val_seen_in_pretraining: int = 0  # validation rows pretraining trained on (recipe.carve_seen_in_pretraining)
 
     def loader(self, split: str):
         from mlcdist.data.cpus import cap_num_workers
@@ -134,7 +134,8 @@ def write_outputs(job: EvalJob, result: ProbeResult, plots: bool) -> dict:
     if job.val_mask is not None:
         datasets["val"] = {"path": cfg.data.train, "name": f"{train.name} (carved)",
                            "carved_fraction": cfg.eval.val_fraction, "seed": cfg.eval.seed,
-                           "seen_in_pretraining": job.val_seen_in_pretraining}
+                           "seen_in_pretraining": job.val_seen_in_pretraining > 0,
+                           "seen_in_pretraining_rows": job.val_seen_in_pretraining}
     report = build_report(
         result, cfg.eval, train.class_names, mode=cfg.eval.mode, transfer=cfg.eval.transfer,
         random_init=job.random_init, checkpoint="random" if ckpt is None else str(ckpt.path),
@@ -180,14 +181,16 @@ def run_eval(args: argparse.Namespace) -> Optional[dict]:
                                                              cfg.eval.seed)
     job = EvalJob(cfg, ckpt, infos, random_init, output_dir(args, cfg, ckpt, random_init, infos["train"]),
                   acc, val_mask, console.print, data_warnings(cfg, infos),
-                  carve_seen_in_pretraining(cfg, None if random_init else ckpt, val_mask is not None))
+                  carve_seen_in_pretraining(cfg, None if random_init else ckpt, val_mask))
     for warning in job.warnings:
         console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True)
     if job.val_seen_in_pretraining:
         console.print(f"[bold]note:[/] the validation split is carved from data.train ({cfg.data.train}), the "
-                      "split this checkpoint was pretrained on: its rows and labels shaped the encoder, so the "
-                      "epoch and threshold choices are optimistic; name a held-out data.val, or use python -m "
-                      "tools.study, which pretrains without the carve", soft_wrap=True)
+                      f"split this checkpoint was pretrained on, and {job.val_seen_in_pretraining} of its "
+                      f"{int(val_mask.sum())} rows were in pretraining: their rows and labels shaped the encoder, "
+                      "so the epoch and threshold choices are optimistic; pretrain with data.hold_out_val=true "
+                      "and the eval.val_fraction and eval.seed used here, or name a held-out data.val",
+                      soft_wrap=True)
     backbone, width = build_encoder(job)
     console.print(f"[bold]mlcdist.eval[/] {cfg.eval.mode}{' transfer' if cfg.eval.transfer else ''} of "
                   f"{'a random encoder' if random_init else ckpt.path} on {infos['train'].name} "

@@ -112,10 +112,12 @@ class Trainer:
     def _shard_loader(self) -> PretrainLoader:
         from mlcdist.data.cpus import cap_num_workers
         from mlcdist.data.loaders import make_loader
+        from mlcdist.data.split import pretraining_hold_out
 
         self.cfg.data.num_workers = cap_num_workers(self.cfg.data.num_workers)  # recorded in config.yaml
         return make_loader(self.cfg.data.train, self.cfg.data, self.cfg.augment, mode="pretrain",
-                           rank=self.rank, world_size=self.world)
+                           rank=self.rank, world_size=self.world,
+                           hold_out=pretraining_hold_out(to_dict(self.cfg)))
 
     # The counters live in ``self.progress`` (a stateful component); these read them.
     step = property(lambda self: self.progress.step)
@@ -187,7 +189,7 @@ class Trainer:
         if resume_from is not None:
             log.message(f"resumed from {resume_from} at step {self.step} (epoch {self.epoch})")
         log.message(f"[bold]mlcdist[/] {self.strategy.value} x{self.world}, {self.info.name}: "
-                    f"{self.info.num_samples} samples, {self.steps_per_epoch} steps/epoch, "
+                    f"{self.info.num_samples} samples{self._held_out_note()}, {self.steps_per_epoch} steps/epoch, "
                     f"{self.total_steps} steps, run folder {self.run_dir}")
         self._start_session(log)
         status = "failed"
@@ -273,6 +275,17 @@ class Trainer:
             if close is not None:
                 close()
 
+    def _held(self):
+        """The loader's held-out rows (``data/split.py``), None when it holds none out."""
+        return getattr(getattr(self.loader, "stream", None), "held", None)
+
+    def _held_out_note(self) -> str:
+        held = self._held()
+        if held is None:
+            return ""
+        return (f" ({held.count} held out as mlcdist.eval's validation carve: eval.val_fraction="
+                f"{self.cfg.eval.val_fraction}, eval.seed={self.cfg.eval.seed}; data.hold_out_val=false trains on all)")
+
     # -- the run record -----------------------------------------------------------------------
 
     def _start_session(self, log: RunLog) -> None:
@@ -280,10 +293,15 @@ class Trainer:
         self._t0, self._samples, self._wait = time.perf_counter(), 0, 0.0
         self.tracking = Tracking(self.acc, self.cfg.logging.report_to, self.run_dir, to_dict(self.cfg))
         if self.acc.is_main_process:
-            self._info = runinfo.begin(self.run_dir, runinfo.start_record(
+            record = runinfo.start_record(
                 args=self.invocation.get("args"), recipe=self.invocation.get("recipe"),
                 overrides=self.invocation.get("overrides", []), world=self.world,
-                backend=self.strategy.value, start_step=self.step))
+                backend=self.strategy.value, start_step=self.step)
+            held = self._held()
+            record["held_out"] = None if held is None else {
+                "samples": held.count, "of": self.info.num_samples, "val_fraction": self.cfg.eval.val_fraction,
+                "seed": self.cfg.eval.seed}
+            self._info = runinfo.begin(self.run_dir, record)
 
     def _end_session(self, log: RunLog, status: str) -> dict:
         """Close the trackers and the log, draw loss_curve.png, finish run_info.json."""

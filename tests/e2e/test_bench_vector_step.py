@@ -21,3 +21,4 @@ def test_bench_vector_step_prints_the_summary_line():
     assert re.fullmatch(r"trainer vs plain loop: \d+\.\d\dx samples/s, loader share \d+\.\d%", lines[-1]), lines[-1]
     assert any(line.startswith("loader ms/batch: streaming ") for line in lines), proc.stdout
     assert any(line.startswith("plain torch loop: ") for line in lines), proc.stdout
+    assert re.fullmatch(r"by hand vs study tool: \d+\.\d\dx samples/s", lines[-2]), lines[-2]

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from support.paths import REPO
@@ -301,15 +302,38 @@ def test_every_eval_recipe_loads():
         load_recipe(path)
 
 
-def test_a_carve_from_the_pretraining_split_is_noted(probes, vector_run, vector_digits, tmp_path, capsys):
-    """The by-hand path pretrains on all of data.train and then carves validation from it: said and
-    recorded (the probes carve from the very split vector_run was pretrained on)."""
+def test_the_by_hand_path_validates_on_rows_pretraining_held_out(probes, vector_run, vector_digits, tmp_path,
+                                                                 capsys):
+    """mlcdist.train then mlcdist.eval: pretraining left out the very rows eval carves as validation
+    (data.hold_out_val, on by default), so the carve is clean; a carve pretraining saw is noted with
+    the number of rows it saw, and recorded."""
+    carve = carve_validation(600, 0.1, 0)
+    record = strict_json(vector_run / "run_info.json")["held_out"]
+    assert record == {"samples": 60, "of": 600, "val_fraction": 0.1, "seed": 0}
+    recipe = yaml.safe_load((vector_run / "config.yaml").read_text())
+    read = torch.cat([b["index"] for b in Trainer(from_dict(recipe)).loader])  # the run's pretraining batches
+    assert len(read) == 8 * 64 and not carve[read].any()
     pre = strict_json(probes["pretrained"] / "metrics.json")["datasets"]["val"]
-    assert pre["seen_in_pretraining"] is True
+    assert (pre["seen_in_pretraining"], pre["seen_in_pretraining_rows"]) == (False, 0)
     rand = strict_json(probes["random"] / "metrics.json")["datasets"]["val"]
     assert rand["seen_in_pretraining"] is False  # a random encoder saw nothing
-    out = tmp_path / "held-out"
-    assert evaluate(vector_run, "--val", vector_digits / "test", "--out", out, "eval.epochs=1", *FAST) == 0
+    capsys.readouterr()
+
+    other = carve_validation(600, 0.1, 1)  # another seed carves rows pretraining trained on
+    assert evaluate(vector_run, "--out", tmp_path / "seed1", "eval.seed=1", "eval.epochs=1", *FAST) == 0
+    seen = int((other & ~carve).sum())
+    assert 0 < seen < 60
+    assert f"and {seen} of its 60 rows were in pretraining" in capsys.readouterr().err
+    val = strict_json(tmp_path / "seed1" / "metrics.json")["datasets"]["val"]
+    assert (val["seen_in_pretraining"], val["seen_in_pretraining_rows"]) == (True, seen)
+
+    everything = pretrain({**recipe, "data": {**recipe["data"], "hold_out_val": False},
+                           "schedule": {**recipe["schedule"], "max_steps": 2},
+                           "logging": {**recipe["logging"], "run_dir": str(tmp_path / "all-rows")}})
+    assert strict_json(everything / "run_info.json")["held_out"] is None
+    capsys.readouterr()
+    assert evaluate(everything, "--out", tmp_path / "carved", "eval.epochs=1", *FAST) == 0
+    assert "and 60 of its 60 rows were in pretraining" in capsys.readouterr().err
+    assert evaluate(everything, "--val", vector_digits / "test", "--out", tmp_path / "named", "eval.epochs=1",
+                    *FAST) == 0
     assert "note: the validation split is carved" not in capsys.readouterr().err
-    assert evaluate(vector_run, "--out", tmp_path / "carved", "eval.epochs=1", *FAST) == 0
-    assert "note: the validation split is carved from data.train" in capsys.readouterr().err

@@ -11,18 +11,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support.vector_run import recipe
+from support.vector_run import KEPT, SAMPLES, recipe
 
+from mlcdist.data.split import carve_mask
 from mlcdist.train.command import main as train_main
 
 
 @pytest.fixture
 def one_shard_gone(shards, tmp_path) -> Path:
-    """The toy set (shards of 25, 25, 22 samples) with its middle shard deleted."""
+    """The toy set (shards of 25, 25, 25, 5 samples) with its second shard deleted."""
     copy = tmp_path / "train"
     shutil.copytree(shards, copy)
     (copy / "shard-000001.tar").unlink()
     return copy
+
+
+# the deleted shard's rows that pretraining reads (the others are eval's validation carve)
+GONE = int((~carve_mask(SAMPLES, 0.1, 0)[25:50]).sum())
+SHARE = f"{100 * GONE / KEPT:.2f}%"
 
 
 def train(tmp_path: Path, data: Path, *overrides: str) -> tuple[int, Path]:
@@ -46,10 +52,10 @@ def test_deleted_shard_fails_the_run_after_its_epoch(one_shard_gone, tmp_path, c
     assert rc == 2, err[-3000:]
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1, err[-3000:]
-    assert lines[0].startswith("error: epoch 0: 25 of 72 samples (34.72%) were corrupt or missing and "
+    assert lines[0].startswith(f"error: epoch 0: {GONE} of {KEPT} samples ({SHARE}) were corrupt or missing and "
                                "skipped, above data.max_skipped_fraction=0.01")
     assert "no checkpoint was written yet" in lines[0]
-    assert [(r["epoch"], r["skipped"], r["samples"]) for r in epoch_records(run)] == [(0, 25, 72)]
+    assert [(r["epoch"], r["skipped"], r["samples"]) for r in epoch_records(run)] == [(0, GONE, KEPT)]
     assert not (run / "checkpoints" / "latest").exists()  # the damaged epoch is not published
 
 
@@ -58,18 +64,18 @@ def test_every_epoch_reports_its_count_including_a_partial_last_one(one_shard_go
     rc, run = train(tmp_path, one_shard_gone, "data.max_skipped_fraction=0.5", "schedule.max_steps=13")
     assert rc == 0
     records = epoch_records(run)
-    assert [(r["epoch"], r["step"], r["samples"]) for r in records] == [(0, 9, 72), (1, 13, 32)]
-    assert records[0]["skipped"] == 25 and 0 < records[1]["skipped"] <= 25
-    assert records[0]["skipped_fraction"] == pytest.approx(25 / 72, abs=1e-6)
+    assert [(r["epoch"], r["step"], r["samples"]) for r in records] == [(0, 9, KEPT), (1, 13, 32)]
+    assert records[0]["skipped"] == GONE and 0 < records[1]["skipped"] <= GONE
+    assert records[0]["skipped_fraction"] == pytest.approx(GONE / KEPT, abs=1e-6)
     text = capsys.readouterr()
-    assert "epoch 0: 25 of 72 samples skipped (corrupt or missing)" in text.out + text.err
+    assert f"epoch 0: {GONE} of {KEPT} samples skipped (corrupt or missing)" in text.out + text.err
     assert f"epoch 1: {records[1]['skipped']} of 32 samples skipped" in text.out + text.err
 
 
 def test_clean_data_reports_zero(shards, tmp_path, one_thread):
     rc, run = train(tmp_path, shards, "schedule.epochs=1")
     assert rc == 0
-    assert [(r["epoch"], r["skipped"], r["samples"]) for r in epoch_records(run)] == [(0, 0, 72)]
+    assert [(r["epoch"], r["skipped"], r["samples"]) for r in epoch_records(run)] == [(0, 0, KEPT)]
 
 
 @pytest.mark.parametrize("workers", [0, 1])

@@ -12,7 +12,7 @@ from mlcdist.config import from_dict, load_recipe
 from mlcdist.parallel import full_state_dict
 from mlcdist.train import NonFiniteLoss, Trainer, main
 
-from support.vector_run import CLASSES, SAMPLES, recipe
+from support.vector_run import CLASSES, KEPT, recipe
 
 
 def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -26,7 +26,7 @@ def test_stop_and_resume_equals_uninterrupted_run(shards, tmp_path):
     straight = Trainer(from_dict(recipe(shards, tmp_path / "straight")))
     straight.fit()
     expected = weights(straight)
-    assert straight.step == 3 * (SAMPLES // 8)
+    assert straight.step == 3 * (KEPT // 8)
 
     first = Trainer(from_dict(recipe(shards, tmp_path / "resumed")))
     first.fit(stop_at_step=13)  # mid-epoch 2 (9 steps per epoch)
@@ -102,7 +102,7 @@ def test_bce_baseline_trains(shards, tmp_path):
     trainer = Trainer(from_dict(recipe(shards, tmp_path / "bce", loss={"kind": "bce"},
                                        schedule={"epochs": 1})))
     summary = trainer.fit()
-    assert np.isfinite(summary["loss"]) and summary["step"] == SAMPLES // 8
+    assert np.isfinite(summary["loss"]) and summary["step"] == KEPT // 8
 
 
 def test_cli_reports_config_errors(tmp_path, capsys):
@@ -133,7 +133,7 @@ def test_gradient_accumulation_counts_optimizer_steps(shards, tmp_path):
     trainer = Trainer(from_dict(cfg))
     before = [p.detach().clone() for p in trainer.query.parameters()]
     summary = trainer.fit()
-    assert trainer.steps_per_epoch == (SAMPLES // 8) // 2 and summary["step"] == 2 * trainer.steps_per_epoch
+    assert trainer.steps_per_epoch == (KEPT // 8) // 2 and summary["step"] == 2 * trainer.steps_per_epoch
     assert summary["epoch"] == 2 and trainer.micro == 0  # the odd 9th micro-batch is not carried over
     assert np.isfinite(summary["loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.query.parameters()))

@@ -1,5 +1,8 @@
-"""A toy vector data set (12-d, 5 classes, 72 samples in uneven shards) and a tiny MLP recipe
-for trainer-level tests; the ``shards`` fixture (tests/conftest.py) writes it once per module."""
+"""A toy vector data set (12-d, 5 classes, 80 samples in uneven shards) and a tiny MLP recipe
+for trainer-level tests; the ``shards`` fixture (tests/conftest.py) writes it once per module.
+
+Pretraining holds out the 8 rows of eval's validation carve (``data.hold_out_val``, 10%, seed 0),
+so an epoch reads the other ``KEPT = 72``: 9 steps of batch 8."""
 
 from __future__ import annotations
 
@@ -11,7 +14,9 @@ from mlcdist.data.encode import npy_bytes
 from mlcdist.data.records import EncodedSample
 from mlcdist.data.shards import write_dataset
 
-DIM, CLASSES, SAMPLES = 12, 5, 72
+DIM, CLASSES, SAMPLES = 12, 5, 80
+KEPT = SAMPLES - 8  # what pretraining reads per epoch (the validation carve held out)
+SHARD_SIZES = (25, 25, 25, 5)
 
 
 def write_toy_shards(out: Path) -> Path:
@@ -23,7 +28,7 @@ def write_toy_shards(out: Path) -> Path:
         x = centers[labels].sum(0) + 0.3 * rng.normal(size=DIM)
         samples.append(EncodedSample("npy", npy_bytes(x), labels, f"s{i}"))
     write_dataset(samples, out, name="toy", class_names=[f"c{j}" for j in range(CLASSES)], modality="vector",
-                  feature_dim=DIM, max_samples_per_shard=25)  # uneven shards: 25, 25, 22
+                  feature_dim=DIM, max_samples_per_shard=25)  # uneven shards: SHARD_SIZES
     return out
 
 
