@@ -143,6 +143,14 @@ class LeanAdamW(_LeanFusedStep, torch.optim.AdamW):
     """:class:`torch.optim.AdamW` whose fused step skips torch's per-call regrouping."""
 
 
+def fast_adam(groups: list[dict], module: nn.Module, **options) -> torch.optim.Optimizer:
+    """Adam over ``groups`` (of ``module``'s parameters): :class:`LeanAdam`'s fused kernels where
+    they run (``_fusable``), else torch's multi-tensor Adam; ``options`` as ``torch.optim.Adam``."""
+    if _fusable(module):
+        return LeanAdam(groups, fused=True, **options)
+    return torch.optim.Adam(groups, foreach=True, **options)
+
+
 def build_optimizer(cfg: OptimConfig, module: nn.Module) -> torch.optim.Optimizer:
     """The optimizer named by ``cfg`` over ``module``'s trainable parameters."""
     groups = _decay_groups(module, cfg.weight_decay)
