@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 
@@ -81,73 +79,11 @@ def _fusable(module: nn.Module) -> bool:
     return bool(params) and all(p.device.type in supported and not isinstance(p, DTensor) for p in params)
 
 
-class _LeanFusedStep:
-    """``step()`` of torch's fused Adam / AdamW without its per-step Python bookkeeping.
-
-    ``torch.optim.Adam(fused=True).step`` regroups the tensors by device and dtype and re-reads
-    every option on each call: on the yeast MLP that is ~0.25 ms of Python around ~0.3 ms of
-    kernels, 5% of the whole training step. Once every parameter has its state (after torch's own
-    first step), the common case (one device and dtype, plain options, no AMP grad scaling)
-    calls the same kernels with the same arguments, so the update is bit-identical
-    (``tests/unit/test_optim.py``); anything else goes through torch's step unchanged.
-    """
-
-    def step(self, closure=None):
-        if closure is not None or getattr(self, "grad_scale", None) is not None \
-                or getattr(self, "found_inf", None) is not None:
-            return super().step(closure)
-        work = self._lean_lists()
-        if work is None:
-            return super().step(closure)
-        with torch.no_grad():
-            for group, params, grads, avgs, sqs, steps in work:
-                torch._foreach_add_(steps, 1)
-                kernel = torch._fused_adamw_ if self._decoupled(group) else torch._fused_adam_
-                beta1, beta2 = group["betas"]
-                kernel(params, grads, avgs, sqs, [], steps, amsgrad=False, lr=group["lr"], beta1=beta1,
-                       beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
-                       grad_scale=None, found_inf=None)
-        return None
-
-    def _decoupled(self, group: dict) -> bool:
-        return isinstance(self, torch.optim.AdamW) or bool(group.get("decoupled_weight_decay", False))
-
-    def _lean_lists(self) -> Optional[list]:
-        """Per group: the tensors torch's fused step would pass, or None (take torch's step)."""
-        work, where = [], None
-        for group in self.param_groups:
-            if not group.get("fused") or group.get("amsgrad") or group.get("maximize") \
-                    or group.get("capturable") or group.get("differentiable") \
-                    or not isinstance(group["lr"], float) or not all(isinstance(b, float) for b in group["betas"]):
-                return None
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            states = [self.state.get(p) for p in params]
-            if any(not st for st in states) or any(p.grad.is_sparse or p.is_complex() for p in params):
-                return None
-            kinds = {(p.device, p.dtype) for p in params}
-            if len(kinds) > 1 or (where is not None and kinds != {where}):
-                return None
-            where = next(iter(kinds))
-            work.append((group, params, [p.grad for p in params], [st["exp_avg"] for st in states],
-                         [st["exp_avg_sq"] for st in states], [st["step"] for st in states]))
-        return work
-
-
-class LeanAdam(_LeanFusedStep, torch.optim.Adam):
-    """:class:`torch.optim.Adam` whose fused step skips torch's per-call regrouping."""
-
-
-class LeanAdamW(_LeanFusedStep, torch.optim.AdamW):
-    """:class:`torch.optim.AdamW` whose fused step skips torch's per-call regrouping."""
-
-
 def fast_adam(groups: list[dict], module: nn.Module, **options) -> torch.optim.Optimizer:
-    """Adam over ``groups`` (of ``module``'s parameters): :class:`LeanAdam`'s fused kernels where
-    they run (``_fusable``), else torch's multi-tensor Adam; ``options`` as ``torch.optim.Adam``."""
+    """Adam over ``groups`` (of ``module``'s parameters): the fused kernels where they run
+    (``_fusable``), else torch's multi-tensor Adam; ``options`` as ``torch.optim.Adam``."""
     if _fusable(module):
-        return LeanAdam(groups, fused=True, **options)
+        return torch.optim.Adam(groups, fused=True, **options)
     return torch.optim.Adam(groups, foreach=True, **options)
 
 
@@ -158,9 +94,9 @@ def build_optimizer(cfg: OptimConfig, module: nn.Module) -> torch.optim.Optimize
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **fused)
     if cfg.name == "adam":
-        return LeanAdam(groups, lr=cfg.lr, betas=cfg.betas, **fused)
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, **fused)
     if cfg.name == "adamw":
-        return LeanAdamW(groups, lr=cfg.lr, betas=cfg.betas, **fused)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **fused)
     if cfg.name == "lars":
         return LARS(groups, lr=cfg.lr, momentum=cfg.momentum)
     raise ValueError(f"optim.name: unknown optimizer {cfg.name!r}")  # pragma: no cover
