@@ -43,7 +43,8 @@ def make_loader(location: str, data: DataConfig, augment: AugmentConfig, *, mode
     if resident is None:
         resident = res.fits_in_memory(info)
     if resident and info.modality == "vector":
-        loader: Loader = res.ResidentLoader(res.ResidentVectors(info, shards, data, augment, mode, rank, world_size, held))
+        stream = res.ResidentVectors(info, shards, data, augment, mode, rank, world_size, held)
+        loader: Loader = res.ResidentLoader(stream)
     else:
         loader = Loader(ShardStream(info, shards, data, augment, mode, rank, world_size, held))
     loader.set_epoch(epoch, skip_batches)
