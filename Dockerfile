@@ -21,6 +21,14 @@ FROM ${BASE_IMAGE}
 ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# The -runtime base has no C/C++ compiler, which mlcdist needs at run time for torch.compile
+# (model.compile: true; Inductor and Triton build their kernels and launchers) and for DeepSpeed
+# without GPUs (its shared-memory comm op is a C++ extension built on first use; see README.md),
+# pytorch/pytorch#116696.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++ \
+    && rm -rf /var/lib/apt/lists/*
+
 # A non-root user owns the workspace and the mount points, so named volumes start writable.
 RUN useradd --create-home --uid 1000 --shell /bin/bash mlcdist \
     && mkdir -p /workspace/shards /workspace/runs \

@@ -14,6 +14,12 @@
 # demo again on the same volumes to resume).
 set -euo pipefail
 
+# `docker run --user UID` with a uid that the image's passwd lacks gets HOME=/, which it cannot
+# write: the caches under ~ (DeepSpeed's and torch's compiled ops, Triton, matplotlib) need one.
+if [ ! -w "${HOME:-/}" ]; then
+    export HOME=/tmp
+fi
+
 if [ "$#" -gt 0 ] && [ "$1" != "demo" ]; then
     exec accelerate launch "$@"
 fi

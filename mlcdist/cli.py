@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from datetime import timedelta
 from functools import wraps
 from typing import Callable, Optional
@@ -69,17 +70,32 @@ def print_error(message: str) -> None:
         print(f"error: {message}", file=sys.stderr, flush=True)
 
 
-def teardown() -> None:
-    """Destroy the default process group if this process created one (no-op otherwise)."""
+def teardown(synchronize: bool = False) -> None:
+    """Destroy the default process group if this process created one (no-op otherwise).
+
+    ``synchronize`` (the command returned on this rank, as on its peers): a gloo group gets a
+    barrier first. torch 2.7's gloo destructor joins its worker threads holding the GIL, while a
+    worker still freeing the tensors of the last collective waits for the GIL: the rank hung at
+    exit (pytorch/pytorch#154976, fixed in later releases). The barrier waits with it released.
+    """
     dist = sys.modules.get("torch.distributed")  # never import torch just to tear down
     if dist is not None and dist.is_available() and dist.is_initialized():
+        if synchronize and "gloo" in str(dist.get_backend()):
+            try:
+                dist.barrier()
+            except Exception:  # noqa: BLE001 - a peer that left already has nothing in flight
+                pass
+            time.sleep(0.05)  # GIL released: a worker thread not yet scheduled finishes too
         dist.destroy_process_group()
 
 
 def run(main: Callable[[Optional[list[str]]], int], argv: Optional[list[str]] = None) -> int:
     """Call ``main(argv)`` and turn user errors into an ``error:`` line and an exit code."""
+    returned = False
     try:
-        return main(argv)
+        code = main(argv)
+        returned = True
+        return code
     except MlcdistError as err:
         print_error(str(err))
         return err.exit_code
@@ -95,7 +111,7 @@ def run(main: Callable[[Optional[list[str]]], int], argv: Optional[list[str]] = 
             return USER_ERROR
         raise
     finally:
-        teardown()
+        teardown(synchronize=returned)
 
 
 def command(main: Callable[[Optional[list[str]]], int]) -> Callable[[Optional[list[str]]], int]:

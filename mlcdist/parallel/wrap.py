@@ -32,14 +32,33 @@ def _fsdp2_shard(module: nn.Module, mixed_precision: str) -> nn.Module:
         param_dtype=torch.bfloat16 if mixed_precision == "bf16" else None,
         reduce_dtype=torch.float32,
     )
+    units = []
     if mixed_precision == "bf16":
         fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
         for norm in batch_norms(module):
-            fully_shard(norm, mp_policy=fp32)
+            units.append(fully_shard(norm, mp_policy=fp32))
     for block in shard_units(module):
-        fully_shard(block, mp_policy=policy)
-    fully_shard(module, mp_policy=policy)
+        units.append(fully_shard(block, mp_policy=policy))
+    units.append(fully_shard(module, mp_policy=policy))
+    if _reduce_scatter_avg_sums():  # FSDP2 reduce-scatters its fp32 gradients with ReduceOp.AVG
+        world = torch.distributed.get_world_size()
+        for unit in units:
+            unit.set_all_reduce_hook(lambda grad: grad.div_(world))
     return module
+
+
+def _reduce_scatter_avg_sums() -> bool:
+    """Whether the default group's ``reduce_scatter_tensor`` sums where ``ReduceOp.AVG`` is
+    asked: gloo's does in torch 2.7 (the Docker image's; not in later releases), which leaves
+    FSDP2's gradients world-size times the mean on CPU. One small collective finds out."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_backend() != "gloo":
+        return False
+    out = torch.zeros(1)
+    reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor  # renamed
+    reduce_scatter(out, torch.ones(dist.get_world_size()), op=dist.ReduceOp.AVG)
+    return out.item() != 1.0
 
 def batch_norms(module: nn.Module) -> list[nn.Module]:
     """Every BatchNorm (and SyncBatchNorm) with parameters, in module order."""
