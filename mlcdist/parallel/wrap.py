@@ -60,6 +60,7 @@ def _reduce_scatter_avg_sums() -> bool:
     reduce_scatter(out, torch.ones(dist.get_world_size()), op=dist.ReduceOp.AVG)
     return out.item() != 1.0
 
+
 def batch_norms(module: nn.Module) -> list[nn.Module]:
     """Every BatchNorm (and SyncBatchNorm) with parameters, in module order."""
     return [m for m in module.modules()
