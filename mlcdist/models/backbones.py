@@ -147,37 +147,12 @@ def load_weights_file(model: nn.Module, path: str | Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-class UniformDropout(nn.Dropout):
-    """``nn.Dropout`` whose CPU mask comes from ``uniform_`` instead of ``bernoulli_``.
-
-    Same distribution: entry ``i`` is kept when ``u_i >= p`` (``u_i ~ U[0, 1)``, probability
-    ``1 - p``) and scaled by ``1 / (1 - p)``; eval mode is the identity. On the CPU torch's
-    ``bernoulli_`` draws its mask entry by entry (~7 ns each), ``uniform_`` vectorised (~3 ns):
-    on yeast's MLP (six dropouts per step, query and key encoders) that is 0.25 ms of a ~4.5 ms
-    step. Other devices keep ``F.dropout`` (fused there). The masks differ from ``nn.Dropout``'s
-    for the same seed, the state dict does not (it has none).
-
-    Example::
-
-        >>> drop = UniformDropout(0.2).train()
-        >>> out = drop(torch.ones(4, 1000))          # entries are 0 or 1.25, ~80% kept
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or x.device.type != "cpu":
-            return super().forward(x)
-        if self.p == 1:
-            return x * 0
-        mask = torch.empty_like(x).uniform_().ge_(self.p).mul_(1.0 / (1.0 - self.p))
-        return x.mul_(mask) if self.inplace else x * mask
-
-
 def build_mlp(in_dim: int, dims: list[int], dropout: float) -> nn.Sequential:
     """Paper's vector encoder: for each width ``h``: Linear(prev, h) -> ReLU -> Dropout(p)."""
     layers: list[nn.Module] = []
     prev = in_dim
     for width in dims:
-        layers += [nn.Linear(prev, width), nn.ReLU(inplace=True), UniformDropout(dropout)]
+        layers += [nn.Linear(prev, width), nn.ReLU(inplace=True), nn.Dropout(dropout)]
         prev = width
     return nn.Sequential(*layers)
 
