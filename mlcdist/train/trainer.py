@@ -220,11 +220,14 @@ class Trainer:
         self.loader.set_epoch(self.epoch, skip_batches=self.micro)
         restart_accumulation(self.acc)  # checkpoints sit on cycle ends, so epochs start one
         window_start, window_samples, self._wait = time.perf_counter(), 0, 0.0
+        self._epoch_loss, self._epoch_micro = torch.zeros((), device=self.acc.device), 0
         for batch in self._timed(self.loader):
             if self.micro >= micro_per_epoch:
                 break
             value = self.train_step(batch)
             self.progress.micro += 1
+            self._epoch_loss += value.detach()  # on the device: read once, at the epoch's end
+            self._epoch_micro += 1
             self._bad |= ~torch.isfinite(value)
             self._last = value
             window_samples += cfg.data.batch_size * self.world
@@ -254,6 +257,8 @@ class Trainer:
         and a stop above ``data.max_skipped_fraction`` (mlcdist/train/skips.py)."""
         skipped, samples = job_counts(skipped, micro_batches * self.cfg.data.batch_size, self.acc.device)
         record = skip_record(self.epoch, self.step, skipped, samples)
+        if self._epoch_micro:  # every micro-batch of this pass, not only the logged ones
+            record["loss_mean"] = float(self._epoch_loss) / self._epoch_micro
         log.log(record, line=False)
         log.message(f"epoch {self.epoch}: {skipped} of {samples} samples skipped (corrupt or missing)")
         check_skipped(record, self.cfg.data.max_skipped_fraction, checkpoint_hint(self.ckpt_root))

@@ -165,3 +165,18 @@ def test_short_shard_stops_training_unless_allow_missing(shards, tmp_path, capsy
     assert err.startswith("error: ") and index["shards"][0]["file"] in err and "data.allow_missing" in err
     assert main([str(path), "data.allow_missing=true", "data.max_skipped_fraction=1",
                  f"logging.run_dir={tmp_path / 'run2'}"]) == 0  # the share check still applies
+
+
+def test_every_epoch_record_carries_the_mean_loss_of_all_its_steps(shards, tmp_path):
+    """metrics.jsonl's "event": "epoch" record has loss_mean = the mean of every micro-batch's
+    loss of that epoch (read once per epoch; tools.study's epoch curves use it)."""
+    run = tmp_path / "run"
+    Trainer(from_dict(recipe(shards, run, logging={"every_steps": 1}))).fit()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r and "event" not in r]
+    epochs = [r for r in records if r.get("event") == "epoch"]
+    assert len(epochs) == 3 and len(steps) == 3 * (KEPT // 8)
+    for e in epochs:
+        losses = [r["loss"] for r in steps if r["epoch"] == e["epoch"]]
+        assert len(losses) == KEPT // 8
+        assert e["loss_mean"] == pytest.approx(np.mean(losses), rel=1e-6)

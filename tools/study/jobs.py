@@ -60,9 +60,9 @@ def _quoted(value: Any) -> str:
 
 
 def pretrain_config(job: Job, out: Path):
-    """The method's recipe with this run's seed, folder and logging (every ``LOG_EVERY`` steps:
-    5-7 samples per epoch for the loss curve; logging every step costs ~9% of a step here);
-    checkpoints only at the end; no resume (a run restarts whole)."""
+    """The method's recipe with this run's seed, folder and logging (a record every ``LOG_EVERY``
+    steps for the loss curve and the collapse guard, each a host sync; the epoch means come from
+    every step, ``epoch_losses``); checkpoints only at the end; no resume (a run restarts whole)."""
     from mlcdist.config import load_recipe
 
     overrides = [f"seed={job.seed}", f"data.seed={job.seed}", f"logging.run_dir={_quoted(out)}",
@@ -113,14 +113,20 @@ def fingerprint(job: Job, pretrain_stamp: str) -> str:
 
 
 def epoch_losses(metrics_jsonl: Path) -> list[float]:
-    """Mean training loss of every epoch over its logged steps (``metrics.jsonl``; each record
-    is one micro-batch's loss, so the mean is an unbiased estimate of the epoch's mean)."""
-    sums: dict[int, list[float]] = {}
+    """Mean training loss of every epoch: the trainer's ``"event": "epoch"`` records carry the
+    mean over all the epoch's micro-batches (``loss_mean``); a run folder from before they did
+    gets the mean of its logged steps (an unbiased estimate)."""
+    exact: dict[int, float] = {}
+    logged: dict[int, list[float]] = {}
     for line in metrics_jsonl.read_text().splitlines():
         record = json.loads(line)
-        if "loss" in record and "epoch" in record:
-            sums.setdefault(int(record["epoch"]), []).append(float(record["loss"]))
-    return [sum(v) / len(v) for _, v in sorted(sums.items())]
+        if record.get("event") == "epoch" and "loss_mean" in record:
+            exact[int(record["epoch"])] = float(record["loss_mean"])
+        elif "loss" in record and "epoch" in record:
+            logged.setdefault(int(record["epoch"]), []).append(float(record["loss"]))
+    if exact:
+        return [v for _, v in sorted(exact.items())]
+    return [sum(v) / len(v) for _, v in sorted(logged.items())]
 
 
 def pretrain(job: Job, data: VectorSet, train_rows: Tensor, out: Path, sink: EventSink) -> dict:

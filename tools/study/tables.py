@@ -8,7 +8,6 @@ import statistics
 
 from rich.table import Table
 
-from tools.study.recipes import LOG_EVERY
 
 METHOD_TITLES = {"mulsupcon": "MulSupCon", "weighted": "MulSupCon (weighted)", "all": "ALL", "any": "ANY",
                  "jaccard": "Jaccard SupCon", "proto": "prototypes", "msc": "MSC", "reg": "reg (study)",
@@ -119,7 +118,7 @@ def loss_rows(summary: dict) -> list[list[str]]:
 
 LOSS_HEAD = ["data set", "method", "loss, epoch 1", "epoch 2", "last epoch", "ln(batch+queue)",
              "epochs", "finetune epoch selected"]
-LOSS_NOTE = (f"Pretraining loss: mean over each epoch's logged steps (every {LOG_EVERY}th). The "
+LOSS_NOTE = ("Pretraining loss: mean over every step of each epoch. The "
              "queue fills during epoch 1 (fewer candidates, lower loss), so epoch 2 is the first "
              "comparable value; ln(batch+queue) is the contrastive loss of uninformative "
              "embeddings (all similarities equal).")
