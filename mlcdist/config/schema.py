@@ -266,11 +266,14 @@ class CheckpointConfig:
 @dataclass
 class LoggingConfig:
     """``report_to``: experiment trackers fed through Accelerate (``mlcdist/train/tracking.py``),
-    e.g. ``[tensorboard]``; each needs its package (``pip install 'mlcdist[track]'``)."""
+    e.g. ``[tensorboard]``; each needs its package (``pip install 'mlcdist[track]'``).
+    ``loss_curve``: draw ``loss_curve.png`` at the end (``python -m mlcdist.eval plot RUN``
+    draws it later too; grids of short runs turn it off: matplotlib takes ~1 s per run)."""
 
     run_dir: str = "runs/default"
     every_steps: int = 10
     progress: bool = True
+    loss_curve: bool = True
     report_to: list[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive",
                             "swanlab", "trackio"]] = field(default_factory=list)
 

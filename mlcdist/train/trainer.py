@@ -314,16 +314,20 @@ class Trainer:
         self.tracking.close()
         log.close()
         if self.acc.is_main_process:
-            from mlcdist.report.loss_curve import plot_loss_curve
-
-            try:
-                plot_loss_curve(self.run_dir)
-            except Exception as err:  # a plot never costs the run; say why there is none
-                log.message(f"[yellow]no loss_curve.png: {type(err).__name__}: {err}[/]")
+            if self.cfg.logging.loss_curve:
+                self._draw_loss_curve(log)
             self._info.update(end_time=runinfo.iso_time(time.time()), status=status,
                               summary={k: v for k, v in summary.items() if k != "interrupted"})
             runinfo.write_run_info(self.run_dir, self._info)
         return summary
+
+    def _draw_loss_curve(self, log: RunLog) -> None:
+        from mlcdist.report.loss_curve import plot_loss_curve
+
+        try:
+            plot_loss_curve(self.run_dir)
+        except Exception as err:  # a plot never costs the run; say why there is none
+            log.message(f"[yellow]no loss_curve.png: {type(err).__name__}: {err}[/]")
 
     def _summary(self, *, complete: bool, wall: float, samples: int) -> dict:
         loss = float(self._last)

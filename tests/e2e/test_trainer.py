@@ -180,3 +180,9 @@ def test_every_epoch_record_carries_the_mean_loss_of_all_its_steps(shards, tmp_p
         losses = [r["loss"] for r in steps if r["epoch"] == e["epoch"]]
         assert len(losses) == KEPT // 8
         assert e["loss_mean"] == pytest.approx(np.mean(losses), rel=1e-6)
+
+
+def test_logging_loss_curve_false_draws_no_png(shards, tmp_path):
+    run = tmp_path / "run"
+    Trainer(from_dict(recipe(shards, run, logging={"loss_curve": False}, schedule={"epochs": 1}))).fit()
+    assert (run / "metrics.jsonl").exists() and not (run / "loss_curve.png").exists()

@@ -62,11 +62,12 @@ def _quoted(value: Any) -> str:
 def pretrain_config(job: Job, out: Path):
     """The method's recipe with this run's seed, folder and logging (a record every ``LOG_EVERY``
     steps for the loss curve and the collapse guard, each a host sync; the epoch means come from
-    every step, ``epoch_losses``); checkpoints only at the end; no resume (a run restarts whole)."""
+    every step, ``epoch_losses``; no ``loss_curve.png``, ~1 s of matplotlib per run: ``python -m
+    mlcdist.eval plot RUN/pretrain`` draws it); checkpoints only at the end; no resume."""
     from mlcdist.config import load_recipe
 
     overrides = [f"seed={job.seed}", f"data.seed={job.seed}", f"logging.run_dir={_quoted(out)}",
-                 "logging.progress=false", f"logging.every_steps={LOG_EVERY}",
+                 "logging.progress=false", f"logging.every_steps={LOG_EVERY}", "logging.loss_curve=false",
                  "checkpoint.every_epochs=0",
                  "checkpoint.every_steps=0", "checkpoint.keep_last=1", "checkpoint.resume=null",
                  "data.num_workers=0"]
