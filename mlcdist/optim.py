@@ -79,14 +79,6 @@ def _fusable(module: nn.Module) -> bool:
     return bool(params) and all(p.device.type in supported and not isinstance(p, DTensor) for p in params)
 
 
-def fast_adam(groups: list[dict], module: nn.Module, **options) -> torch.optim.Optimizer:
-    """Adam over ``groups`` (of ``module``'s parameters): the fused kernels where they run
-    (``_fusable``), else torch's multi-tensor Adam; ``options`` as ``torch.optim.Adam``."""
-    if _fusable(module):
-        return torch.optim.Adam(groups, fused=True, **options)
-    return torch.optim.Adam(groups, foreach=True, **options)
-
-
 def build_optimizer(cfg: OptimConfig, module: nn.Module) -> torch.optim.Optimizer:
     """The optimizer named by ``cfg`` over ``module``'s trainable parameters."""
     groups = _decay_groups(module, cfg.weight_decay)

@@ -47,11 +47,3 @@ def test_cpu_optimizers_use_fused_kernels_unless_switched_off():
         assert build_optimizer(OptimConfig(name=name, lr=0.1), model).defaults["fused"] is True
         plain = build_optimizer(OptimConfig(name=name, lr=0.1, fused=False), model)
         assert not plain.defaults.get("fused") and plain.defaults["foreach"] is True
-
-
-def test_finetune_adam_is_fused_where_the_kernels_run():
-    from mlcdist.optim import fast_adam
-
-    model = nn.Linear(4, 2)
-    opt = fast_adam([{"params": list(model.parameters()), "lr": 0.1}], model, weight_decay=0.0)
-    assert opt.defaults["fused"] is True
