@@ -53,8 +53,8 @@ from mlcdist.data import gpu_augment
 from mlcdist.data.batch import PretrainBatch, views_to_device
 from mlcdist.data.info import DatasetError, DatasetInfo, join_url, load_dataset_info
 from mlcdist.data.plan import PlanMode, Segment, WorkerPlan, batches_per_rank, plan_worker, resampled_segments
-from mlcdist.data.split import HeldOut
 from mlcdist.data.records import LABELS_MEMBER, Shortfall, decode_labels, decode_vector, read_shard
+from mlcdist.data.split import HeldOut
 from mlcdist.errors import MlcdistError
 from mlcdist.seeds import mix_seed, sample_seeds
 

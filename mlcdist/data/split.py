@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mlcdist.config import EvalConfig
 from mlcdist.data.info import DatasetError
 
 
@@ -48,7 +49,9 @@ def pretraining_hold_out(recipe: Mapping[str, Any]) -> Optional[tuple[float, int
     data, evaluation = recipe.get("data") or {}, recipe.get("eval") or {}
     if not data.get("hold_out_val", False) or data.get("val"):
         return None
-    return float(evaluation.get("val_fraction", 0.1)), int(evaluation.get("seed", 0))
+    defaults = EvalConfig()
+    return (float(evaluation.get("val_fraction", defaults.val_fraction)),
+            int(evaluation.get("seed", defaults.seed)))
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from mlcdist.config import RecipeConfig, apply_overrides, from_dict, load_raw, merge
 from torch import Tensor
 
+from mlcdist.config import RecipeConfig, apply_overrides, from_dict, load_raw, merge
 from mlcdist.data.info import DatasetInfo, split_info
 from mlcdist.data.split import carve_mask, pretraining_hold_out
 from mlcdist.eval.features import Checkpoint, EvalInputError

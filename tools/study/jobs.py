@@ -114,20 +114,15 @@ def fingerprint(job: Job, pretrain_stamp: str) -> str:
 
 
 def epoch_losses(metrics_jsonl: Path) -> list[float]:
-    """Mean training loss of every epoch: the trainer's ``"event": "epoch"`` records carry the
-    mean over all the epoch's micro-batches (``loss_mean``); a run folder from before they did
-    gets the mean of its logged steps (an unbiased estimate)."""
-    exact: dict[int, float] = {}
-    logged: dict[int, list[float]] = {}
+    """Mean training loss of every epoch: the ``loss_mean`` the trainer's ``"event": "epoch"``
+    records carry (over all the epoch's micro-batches). Read right after a run trains: a reused
+    pretraining keeps its curve in ``pretrain.json``."""
+    epochs = {}
     for line in metrics_jsonl.read_text().splitlines():
         record = json.loads(line)
-        if record.get("event") == "epoch" and "loss_mean" in record:
-            exact[int(record["epoch"])] = float(record["loss_mean"])
-        elif "loss" in record and "epoch" in record:
-            logged.setdefault(int(record["epoch"]), []).append(float(record["loss"]))
-    if exact:
-        return [v for _, v in sorted(exact.items())]
-    return [sum(v) / len(v) for _, v in sorted(logged.items())]
+        if record.get("event") == "epoch":
+            epochs[int(record["epoch"])] = float(record["loss_mean"])
+    return [v for _, v in sorted(epochs.items())]
 
 
 def pretrain(job: Job, data: VectorSet, train_rows: Tensor, out: Path, sink: EventSink) -> dict:
