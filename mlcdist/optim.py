@@ -79,10 +79,16 @@ def _fusable(module: nn.Module) -> bool:
     return bool(params) and all(p.device.type in supported and not isinstance(p, DTensor) for p in params)
 
 
+def kernel_choice(module: nn.Module, fused: bool = True) -> dict:
+    """``{"fused": True}`` where the fused kernels serve ``module`` (and ``fused``), else
+    ``{"foreach": True}``: the keyword a torch optimizer over ``module`` is built with."""
+    return {"fused": True} if fused and _fusable(module) else {"foreach": True}
+
+
 def build_optimizer(cfg: OptimConfig, module: nn.Module) -> torch.optim.Optimizer:
     """The optimizer named by ``cfg`` over ``module``'s trainable parameters."""
     groups = _decay_groups(module, cfg.weight_decay)
-    fused = {"fused": True} if cfg.fused and _fusable(module) else {"foreach": True}
+    fused = kernel_choice(module, cfg.fused)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **fused)
     if cfg.name == "adam":

@@ -40,6 +40,7 @@ from mlcdist.config import ConfigError, EvalConfig
 from mlcdist.eval.features import FeatureSet, collect
 from mlcdist.metrics import METRICS, multilabel_metrics
 from mlcdist.models.moco import SupervisedModel
+from mlcdist.optim import kernel_choice
 from mlcdist.parallel import (
     Strategy, all_reduce_sum, backward_and_step, full_state_dict, inner_optimizer, prepare_replicated, unwrap,
     world,
@@ -247,11 +248,13 @@ def finetune(acc, strategy: Strategy, backbone: nn.Module, width: int, num_class
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = SupervisedModel(backbone, width, num_classes)  # backbone + new linear layer
+    model.to(device)
+    # fused where the kernels exist, as in pretraining: the per-tensor loop was a quarter of a
+    # vector finetune (yeast: 3.1 vs 3.9 s a run)
     optimizer = torch.optim.Adam([
         {"params": model.backbone.parameters(), "lr": cfg.backbone_lr},
         {"params": model.classifier.parameters(), "lr": cfg.lr},
-    ], weight_decay=cfg.weight_decay)
-    model.to(device)
+    ], weight_decay=cfg.weight_decay, **kernel_choice(model))
     model, optimizer = prepare_replicated(acc, strategy, model, optimizer, what="eval.mode=finetune")
     plain = unwrap(model)
     selector = EpochSelector(cfg, inner_optimizer(optimizer))

@@ -29,6 +29,7 @@ import torchvision
 from torch.utils.checkpoint import checkpoint
 
 from mlcdist.config import ModelConfig
+from mlcdist.models.dropout import Dropout
 from mlcdist.models.state import load_state_strict
 
 FEATURE_WIDTHS = {"resnet18": 512, "resnet50": 2048, "vit_b_16": 768}
@@ -148,11 +149,12 @@ def load_weights_file(model: nn.Module, path: str | Path) -> None:
 
 
 def build_mlp(in_dim: int, dims: list[int], dropout: float) -> nn.Sequential:
-    """Paper's vector encoder: for each width ``h``: Linear(prev, h) -> ReLU -> Dropout(p)."""
+    """Paper's vector encoder: for each width ``h``: Linear(prev, h) -> ReLU -> Dropout(p)
+    (``models/dropout.py``: ``nn.Dropout`` with a 3x cheaper CPU mask)."""
     layers: list[nn.Module] = []
     prev = in_dim
     for width in dims:
-        layers += [nn.Linear(prev, width), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        layers += [nn.Linear(prev, width), nn.ReLU(inplace=True), Dropout(dropout)]
         prev = width
     return nn.Sequential(*layers)
 

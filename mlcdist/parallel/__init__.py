@@ -18,7 +18,7 @@ from mlcdist.parallel.backend import (
 )
 from mlcdist.parallel.collectives import all_gather_rows, all_reduce_sum, shuffled_keys, world
 from mlcdist.parallel.state import (
-    ModuleState, OptimizerState, ema_views, full_optimizer_state, full_state_dict, load_full_state_dict,
+    EmaViews, ModuleState, OptimizerState, ema_views, full_optimizer_state, full_state_dict, load_full_state_dict,
     load_optimizer_state, local_shard,
 )
 from mlcdist.parallel.wrap import (
@@ -28,7 +28,7 @@ from mlcdist.parallel.wrap import (
 __all__ = [
     "DS_AUTOCAST_DTYPE", "ModuleState", "OptimizerState", "Strategy", "all_gather_rows",
     "all_reduce_sum", "backward_and_step", "batch_norms", "deepspeed_config", "detect_strategy",
-    "ema_views", "full_optimizer_state", "full_state_dict", "inner_optimizer", "load_full_state_dict",
+    "EmaViews", "ema_views", "full_optimizer_state", "full_state_dict", "inner_optimizer", "load_full_state_dict",
     "load_optimizer_state", "local_shard", "make_accelerator", "prepare_replicated", "restart_accumulation", "shard_units",
     "shuffled_keys", "unwrap", "use_cpu", "world", "wrap", "zero_stage",
 ]

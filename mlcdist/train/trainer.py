@@ -26,7 +26,7 @@ from mlcdist.models import build_model
 from mlcdist.models.ema import ema_update_
 from mlcdist.optim import build_optimizer, set_lr
 from mlcdist.parallel import (
-    ModuleState, OptimizerState, backward_and_step, detect_strategy, ema_views, make_accelerator,
+    EmaViews, ModuleState, OptimizerState, backward_and_step, detect_strategy, make_accelerator,
     restart_accumulation, wrap,
 )
 from mlcdist.queue import LabelledKeyQueue
@@ -95,6 +95,7 @@ class Trainer:
             self.acc, self.strategy, query, key, lambda m: build_optimizer(cfg.optim, m),
             cfg.data.batch_size, cfg.optim.grad_clip, sync_bn=cfg.model.key_bn == "sync",
             channels_last=cfg.model.channels_last, compile=cfg.model.compile)
+        self._ema_views = EmaViews(self.acc, self.strategy, self.query, self.key) if self.contrastive else None
         self.queue = LabelledKeyQueue(cfg.queue.size, cfg.model.head_dims[-1], self.info.num_classes,
                                       device=self.acc.device)
         self.progress = TrainState()
@@ -162,7 +163,7 @@ class Trainer:
             if self.contrastive:
                 m = momentum_at(progress.step, self.total_steps, cfg.model.momentum,
                                 cfg.model.momentum_schedule)
-                with ema_views(self.acc, self.strategy, self.query, self.key) as (k_params, q_params):
+                with self._ema_views() as (k_params, q_params):
                     ema_update_(k_params, q_params, m)
             progress.step += 1
         self._last_out = out

@@ -47,3 +47,11 @@ def test_cpu_optimizers_use_fused_kernels_unless_switched_off():
         assert build_optimizer(OptimConfig(name=name, lr=0.1), model).defaults["fused"] is True
         plain = build_optimizer(OptimConfig(name=name, lr=0.1, fused=False), model)
         assert not plain.defaults.get("fused") and plain.defaults["foreach"] is True
+
+
+def test_kernel_choice_is_fused_on_cpu_unless_turned_off():
+    from mlcdist.optim import kernel_choice
+
+    layer = torch.nn.Linear(3, 2)
+    assert kernel_choice(layer) == {"fused": True}
+    assert kernel_choice(layer, fused=False) == {"foreach": True}

@@ -308,3 +308,23 @@ def test_label_prototypes_are_query_parameters_with_weight_decay():
     plain = build_model(cfg(arch="mlp", mlp_dims=[8], head_dims=[8, 6], head_bn=False), num_classes=5, in_dim=4)
     with pytest.raises(ValueError, match="without prototypes"):
         plain.query(torch.randn(3, 4), with_prototypes=True)
+
+
+def test_ema_views_built_once_still_update_the_live_key_encoder():
+    """EmaViews (single process) keeps aligned lists from the start; an update through them
+    moves the key encoder's own parameters, and equals one through ema_views."""
+    from mlcdist.parallel import EmaViews, Strategy, ema_views
+
+    torch.manual_seed(0)
+    query, key = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    twin, initial = copy.deepcopy(key), key.weight.detach().clone()
+    views = EmaViews(None, Strategy.SINGLE, query, key)
+    for step in range(3):
+        with torch.no_grad():
+            query.weight.add_(1.0)  # the optimizer steps the query in place
+        with views() as (k, q):
+            ema_update_(k, q, 0.9)
+        with ema_views(None, Strategy.SINGLE, query, twin) as (k, q):
+            ema_update_(k, q, 0.9)
+    assert torch.equal(key.weight, twin.weight) and torch.equal(key.bias, twin.bias)
+    assert not torch.equal(key.weight, initial)
