@@ -17,7 +17,9 @@ from mlcdist.config import from_dict
 from mlcdist.train.health import first_non_finite
 from mlcdist.train import NonFiniteState, Trainer, main
 
-COLLAPSE = {"name": "sgd", "lr": 1e6}  # finite loss, inf BatchNorm running_var within a few steps
+# finite loss, inf BatchNorm running_var within a few steps; 1e6 left running_var at 7e36 after the
+# 9 resumed steps of the second test with some dropout draws, two orders short of float32 overflow
+COLLAPSE = {"name": "sgd", "lr": 1e8}
 
 
 def published(run: Path) -> list[Path]:
