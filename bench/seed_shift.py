@@ -21,7 +21,9 @@ import statistics
 from pathlib import Path
 
 METRICS = ("example_f1", "micro_f1", "macro_f1", "hamming_accuracy", "mAP", "precision_at_1")
-PROTOCOLS = ("paper", "clean")
+# result.json's protocol -> the tables' name for it: the tables' "clean" row is "val_tuned"
+# (thresholds tuned on validation); result.json's own "clean" (threshold 0.5) is not printed
+PROTOCOLS = {"paper": "paper", "val_tuned": "clean"}
 
 
 def load(spec: str) -> dict[tuple, list[float]]:
@@ -33,11 +35,11 @@ def load(spec: str) -> dict[tuple, list[float]]:
         run = json.loads(path.read_text())
         if not lo <= run["seed"] < hi or run.get("fraction", 1.0) != 1.0:
             continue
-        for protocol in PROTOCOLS:
+        for protocol, title in PROTOCOLS.items():
             for metric in METRICS:
                 value = run["test"][protocol].get(metric)
                 if value is not None:
-                    cells.setdefault((run["dataset"], run["method"], protocol, metric), []).append(value)
+                    cells.setdefault((run["dataset"], run["method"], title, metric), []).append(value)
     return cells
 
 

@@ -7,7 +7,9 @@ Runs are independent processes (``spawn``, one torch thread each); their events
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue as queue_module
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, ClassVar
@@ -34,9 +36,23 @@ from tools.study.recipes import paper_batch
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(events: Any, data: dict[str, VectorSet]) -> None:
+def _init_worker(events: Any, data: dict[str, VectorSet], tool_pid: int) -> None:
     torch.set_num_threads(1)  # one thread per run: tiny MLPs; more threads only spin on 2 cores
     _WORKER.update(events=events, data=data)
+    exit_with_parent(tool_pid)
+
+
+def exit_with_parent(parent_pid: int, poll_seconds: float = 1.0) -> None:
+    """End this process once ``parent_pid`` is no longer its parent. SIGTERM or SIGKILL end the
+    tool without any cleanup, and its orphaned runs would go on writing into the output folder
+    (where the next call reuses them) for as long as the queued runs last."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_seconds)
+        os._exit(143)  # 128 + SIGTERM, as if the signal had reached this process too
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _worker_job(job: Job, fresh: bool, keep_checkpoints: bool) -> dict:
@@ -149,7 +165,7 @@ def run_all(jobs: list[Job], data: dict[str, VectorSet], workers: int, board: Pr
     events = ctx.Queue()
     results: list[dict] = []
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(events, data)) as pool:
+                             initargs=(events, data, os.getpid())) as pool:
         pending: set[Future] = {pool.submit(_worker_job, job, fresh, keep_checkpoints)
                                 for job in ordered}
         try:
