@@ -75,7 +75,7 @@ class _LeanFusedStep:
 
     @torch.no_grad()
     def step(self, closure=None):
-        if (closure is None and self._lean is not None and len(self._lean) == len(self.param_groups)
+        if (closure is None and self._lean is not None and self._same_parameters()
                 and getattr(self, "grad_scale", None) is None and getattr(self, "found_inf", None) is None):
             grads = [[p.grad for p in params] for _, params, *_ in self._lean]
             if all(g is not None for group in grads for g in group):
@@ -105,6 +105,13 @@ class _LeanFusedStep:
             lean.append((group, params, [s["exp_avg"] for s in states],
                          [s["exp_avg_sq"] for s in states], [s["step"] for s in states]))
         return lean
+
+    def _same_parameters(self) -> bool:
+        """The groups still hold the tensors the lists were built from (DeepSpeed, for one,
+        swaps in its own flat partitions)."""
+        return len(self._lean) == len(self.param_groups) and all(
+            len(group["params"]) == len(params) and all(a is b for a, b in zip(group["params"], params))
+            for group, (_, params, *_) in zip(self.param_groups, self._lean))
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._lean = None  # the state tensors are replaced

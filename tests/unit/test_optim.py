@@ -143,3 +143,23 @@ def test_lean_fused_adam_leaves_amp_scaling_to_torch():
         torch.manual_seed(step)
         _step_both([model, twin], [reference, lean], 1e-2)
         _assert_identical(model, twin, reference, lean)
+
+
+def test_lean_fused_adam_follows_swapped_parameters():
+    """A wrapper that puts other tensors into the groups (DeepSpeed's flat partitions) gets
+    torch's step for them, not a stale list."""
+    from mlcdist.optim import adam
+
+    model, twin = _twin_models()
+    reference = torch.optim.Adam(_groups(model), lr=1e-2, fused=True)
+    lean = adam(_groups(twin), lr=1e-2, fused=True)
+    for step in range(4):
+        if step == 2:
+            for m, opt in ((model, reference), (twin, lean)):
+                layer, old = m[3], m[3].weight
+                layer.weight = nn.Parameter(old.detach().clone())
+                opt.param_groups[0]["params"][-1] = layer.weight
+                old.grad = torch.zeros_like(old)  # the replaced tensor keeps a gradient
+        torch.manual_seed(step)
+        _step_both([model, twin], [reference, lean], 1e-2)
+        _assert_identical(model, twin, reference, lean)
