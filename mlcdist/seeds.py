@@ -17,6 +17,8 @@ and breaks the exact resume of runs started before the change.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -42,15 +44,63 @@ def _shr(z: Tensor, s: int) -> Tensor:
 
 
 def splitmix64(x: Tensor) -> Tensor:
-    """Steele et al.'s splitmix64 finaliser applied elementwise (int64 in, int64 out). In place
-    on one fresh tensor: the vector masks hash every feature of an epoch's rows, and the
-    temporaries of the out-of-place form took 40% of that time."""
+    """Steele et al.'s splitmix64 finaliser applied elementwise (int64 in, int64 out).
+
+    The vector masks hash every feature of an epoch's rows (bibtex: 8M a view), so this is a
+    hot loop: on CPU it runs in NumPy on uint64, whose logical shifts and in-place ``out=``
+    operations need 7 passes over memory instead of torch's 11 (2.5x faster on bibtex's 8M,
+    the same bits); elsewhere in torch, in place on one fresh tensor. The masks themselves
+    hash in cache-sized blocks: :func:`splitmix64_row_blocks`."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(_splitmix64_numpy(x.numpy()))
+    return _splitmix64_torch(x)
+
+
+def _splitmix64_torch(x: Tensor) -> Tensor:
     z = x + GOLDEN
     z ^= _shr(z, 30)
     z *= _M1
     z ^= _shr(z, 27)
     z *= _M2
     z ^= _shr(z, 31)
+    return z
+
+
+_GOLDEN_U, _M1_U, _M2_U = (np.uint64(c % (1 << 64)) for c in (GOLDEN, _M1, _M2))
+
+
+def splitmix64_row_blocks(rows: Tensor, columns: Tensor,
+                          block_elements: int = 1 << 15) -> Iterator[tuple[slice, np.ndarray]]:
+    """``splitmix64(rows[:, None] + columns[None, :])`` (CPU), as ``(row slice, int64 block)``
+    pairs of whole rows, about ``block_elements`` keys each. The vector masks hash every feature
+    of an epoch's rows (bibtex: 8M keys a view); a block of 256 KiB keeps the hash's seven passes
+    in cache, 3.5x faster than one R x C array. Each block is overwritten by the next: use it
+    before asking for the next one."""
+    columns_u = columns.numpy().view(np.uint64) + _GOLDEN_U
+    rows_u = rows.numpy().view(np.uint64)
+    per_block = max(1, block_elements // max(len(columns_u), 1))
+    buffer = np.empty((min(per_block, len(rows_u)), len(columns_u)), np.uint64)
+    for start in range(0, len(rows_u), per_block):
+        stop = min(start + per_block, len(rows_u))
+        block = buffer[: stop - start]
+        np.add(rows_u[start:stop, None], columns_u[None, :], out=block)
+        yield slice(start, stop), _mix_in_place(block).view(np.int64)
+
+
+def _splitmix64_numpy(x: np.ndarray) -> np.ndarray:
+    z = np.empty(x.shape, np.uint64)  # the one fresh array (0-d too); uint64 wraps like int64
+    np.add(x.view(np.uint64), _GOLDEN_U, out=z)
+    return _mix_in_place(z).view(np.int64)
+
+
+def _mix_in_place(z: np.ndarray) -> np.ndarray:
+    """splitmix64's three xor-shift-multiply rounds on uint64 ``z`` (GOLDEN already added)."""
+    shifted = np.empty_like(z)
+    for shift, multiplier in ((30, _M1_U), (27, _M2_U), (31, None)):
+        np.right_shift(z, np.uint64(shift), out=shifted)
+        np.bitwise_xor(z, shifted, out=z)
+        if multiplier is not None:
+            np.multiply(z, multiplier, out=z)
     return z
 
 

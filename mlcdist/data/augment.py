@@ -26,7 +26,7 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 from mlcdist.config import AugmentConfig
-from mlcdist.seeds import GOLDEN, splitmix64
+from mlcdist.seeds import GOLDEN, splitmix64, splitmix64_row_blocks
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -75,17 +75,20 @@ def decode_image(data: bytes, min_side: int) -> Image.Image:
 def random_keep_mask(seeds: Tensor, dim: int, ratio: float) -> Tensor:
     """``B x D`` bool, False at exactly ``m = round(ratio * D)`` entries per row: the ``m``
     smallest of ``splitmix64(seed_b + (j+1) * golden)`` over ``j`` (a seeded random subset)."""
-    keys = splitmix64(seeds[:, None] + torch.arange(1, dim + 1, dtype=torch.int64)[None, :] * GOLDEN)
     m = round(ratio * dim)
     if m == 0:
-        return torch.ones(seeds.shape[0], dim, dtype=torch.bool)
+        return torch.ones(seeds.shape[0], dim, dtype=torch.bool, device=seeds.device)
+    offsets = torch.arange(1, dim + 1, dtype=torch.int64, device=seeds.device) * GOLDEN
     # splitmix64 is a bijection and the D inputs of a row differ, so the keys are distinct and
     # "above the m-th smallest" is exactly "not among the m smallest". A selection, not a sort:
     # NumPy's introselect takes 1/6 of argsort's time on yeast's 103 features (kthvalue 1/2).
-    if keys.device.type != "cpu":
+    if seeds.device.type != "cpu":
+        keys = splitmix64(seeds[:, None] + offsets[None, :])
         return keys > keys.kthvalue(m, dim=1, keepdim=True).values
-    kth = np.partition(keys.numpy(), m - 1, axis=1)[:, m - 1 : m]
-    return keys > torch.from_numpy(kth)
+    keep = np.empty((seeds.shape[0], dim), dtype=bool)
+    for rows, keys in splitmix64_row_blocks(seeds, offsets):  # cache-sized blocks of rows
+        np.greater(keys, np.partition(keys, m - 1, axis=1)[:, m - 1 : m], out=keep[rows])
+    return torch.from_numpy(keep)
 
 
 def vector_views(x: Tensor, seeds: Tensor, ratio: float, views: int = 2) -> tuple[Tensor, ...]:

@@ -36,3 +36,33 @@ def test_old_homes_use_the_same_functions():
     from mlcdist.data import augment, plan
 
     assert plan.mix_seed is seeds.mix_seed and augment.splitmix64 is seeds.splitmix64
+
+
+def test_splitmix64_numpy_path_equals_the_torch_path():
+    """CPU tensors hash in NumPy (uint64), device tensors in torch (int64 with masked shifts):
+    the same bits for any input, including a non-contiguous one, a 0-d one and the extremes."""
+    g = torch.Generator().manual_seed(0)
+    full = torch.randint(-2**63, 2**63 - 1, (257, 131), dtype=torch.int64, generator=g)
+    extremes = torch.tensor([0, 1, -1, 2**63 - 1, -2**63], dtype=torch.int64)
+    for x in (full, full.T, full[::3, 1::2], extremes, torch.tensor(12345)):
+        before = x.clone()
+        got = seeds.splitmix64(x)
+        assert got.dtype == torch.int64 and got.shape == x.shape
+        assert torch.equal(got, seeds._splitmix64_torch(x))
+        assert torch.equal(x, before)  # the input is left as it was
+
+
+def test_splitmix64_row_blocks_cover_the_hash_of_the_broadcast_sum():
+    g = torch.Generator().manual_seed(1)
+    rows = torch.randint(0, 2**63 - 1, (37,), dtype=torch.int64, generator=g)
+    columns = torch.arange(1, 101, dtype=torch.int64) * seeds.GOLDEN  # the masks' feature offsets
+    expected = seeds._splitmix64_torch(rows[:, None] + columns[None, :])
+    for block_elements in (1, 250, 1000, 10**6):  # one row a block, 2, 10, all 37 rows
+        got = torch.empty_like(expected)
+        spans = []
+        for span, block in seeds.splitmix64_row_blocks(rows, columns, block_elements):
+            got[span] = torch.from_numpy(block.copy())
+            spans.append((span.start, span.stop))
+        assert torch.equal(got, expected)
+        assert spans[0][0] == 0 and spans[-1][1] == 37
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
